@@ -1,0 +1,72 @@
+# The frame header: layout, kinds and limits, shared by every module that
+# reads or writes frames. Header read/write are inline so that sock.pyx
+# packs and parses without a call.
+#
+# A frame on the wire, all integers little-endian:
+#
+#   magic u32 | version u8 | kind u8 | flags u16 | nbufs u32 | body_len u32 |
+#   task_id u64 | aux u64 |  nbufs x u64 buffer lengths  | body | buffers...
+#
+# body is a pickle protocol-5 stream; buffers are its out-of-band buffers in
+# the order pickle produced them.
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+
+
+cdef enum:
+    FRAME_MAGIC = 0x4D525753      # b"SWRM" read as a little-endian u32
+    FRAME_VERSION = 1             # bumped on any incompatible layout change
+    FRAME_HEADER_SIZE = 32              # fixed part, before the buffer lengths
+    FRAME_MAX_BUFFERS = 4096            # out-of-band buffers per frame; bounds the
+                                  # length table (32 KiB) a reader must hold
+
+
+cdef enum FrameKind:
+    FRAME_INIT = 1                # client -> worker: body is init_data tuple
+    FRAME_TASK = 2                # client -> worker: body is the task
+    FRAME_RESULT = 3              # worker -> client: body is the result
+    FRAME_ERROR = 4               # worker -> client: body describes a failure
+    FRAME_KIND_MAX = 4
+
+
+cdef struct FrameHeader:
+    uint32_t magic
+    uint8_t version
+    uint8_t kind
+    uint16_t flags                # reserved, must be 0
+    uint32_t nbufs                # count of out-of-band buffers
+    uint32_t body_len             # bytes of pickle stream
+    uint64_t task_id              # opaque to _core; the sender's sequence
+    uint64_t aux                  # per-kind extra: task run time in ns for
+                                  # FRAME_RESULT / FRAME_ERROR, else 0
+
+
+# The header is memcpy'd field by field rather than cast, so that the wire
+# layout does not depend on struct padding; x86-64 and aarch64 are both
+# little-endian, which is all swarm builds for (Linux only).
+cdef inline void header_write(char *p, const FrameHeader *h) noexcept nogil:
+    memcpy(p, &h.magic, 4)
+    memcpy(p + 4, &h.version, 1)
+    memcpy(p + 5, &h.kind, 1)
+    memcpy(p + 6, &h.flags, 2)
+    memcpy(p + 8, &h.nbufs, 4)
+    memcpy(p + 12, &h.body_len, 4)
+    memcpy(p + 16, &h.task_id, 8)
+    memcpy(p + 24, &h.aux, 8)
+
+
+cdef inline void header_read(const char *p, FrameHeader *h) noexcept nogil:
+    memcpy(&h.magic, p, 4)
+    memcpy(&h.version, p + 4, 1)
+    memcpy(&h.kind, p + 5, 1)
+    memcpy(&h.flags, p + 6, 2)
+    memcpy(&h.nbufs, p + 8, 4)
+    memcpy(&h.body_len, p + 12, 4)
+    memcpy(&h.task_id, p + 16, 8)
+    memcpy(&h.aux, p + 24, 8)
+
+
+# Checks a parsed header against the limits; raises swarm.ProtocolError
+# naming what is wrong. max_frame bounds the whole frame in bytes.
+cdef int header_check(const FrameHeader *h, uint64_t max_frame) except -1

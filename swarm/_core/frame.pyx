@@ -1,0 +1,105 @@
+# cython: language_level=3
+"""Frame header limits and validation (see frame.pxd for the layout).
+
+Python-visible surface, used by tests and by the client to build
+well-formed or deliberately malformed frames:
+
+- ``pack_header(kind, task_id, aux, body_len, buffer_lengths) -> bytes``
+- ``unpack_header(data) -> (kind, task_id, aux, body_len, nbufs)``
+- constants ``FRAME_HEADER_SIZE``, ``MAGIC``, ``VERSION``, ``FRAME_MAX_BUFFERS``,
+  ``DEFAULT_MAX_FRAME`` and the ``FRAME_*`` kinds.
+"""
+
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from libc.stdint cimport uint64_t
+
+from swarm.errors import ProtocolError
+
+HEADER_SIZE = FRAME_HEADER_SIZE
+MAGIC = FRAME_MAGIC
+VERSION = FRAME_VERSION
+MAX_BUFFERS = FRAME_MAX_BUFFERS
+# Largest frame accepted by default, header and buffers included: large
+# enough for a 1 GiB array, small enough that a corrupt length cannot make a
+# reader allocate without bound. Override per Socket/worker with max_frame=.
+DEFAULT_MAX_FRAME = (1 << 30) + (1 << 20)
+
+KIND_INIT = FRAME_INIT
+KIND_TASK = FRAME_TASK
+KIND_RESULT = FRAME_RESULT
+KIND_ERROR = FRAME_ERROR
+
+_KIND_NAMES = {FRAME_INIT: "init", FRAME_TASK: "task",
+               FRAME_RESULT: "result", FRAME_ERROR: "error"}
+
+
+cdef int header_check(const FrameHeader *h, uint64_t max_frame) except -1:
+    if h.magic != FRAME_MAGIC:
+        raise ProtocolError(
+            f"bad frame magic 0x{h.magic:08x} (expected 0x{FRAME_MAGIC:08x}): "
+            "the peer is not speaking the swarm protocol")
+    if h.version != FRAME_VERSION:
+        raise ProtocolError(
+            f"unsupported frame version {h.version} (this side speaks "
+            f"{FRAME_VERSION})")
+    if h.kind < 1 or h.kind > FRAME_KIND_MAX:
+        raise ProtocolError(f"unknown frame kind {h.kind}")
+    if h.flags != 0:
+        raise ProtocolError(f"reserved frame flags set: 0x{h.flags:04x}")
+    if h.nbufs > FRAME_MAX_BUFFERS:
+        raise ProtocolError(
+            f"frame announces {h.nbufs} out-of-band buffers, over the limit "
+            f"of {FRAME_MAX_BUFFERS}")
+    if <uint64_t>h.body_len + FRAME_HEADER_SIZE + 8 * <uint64_t>h.nbufs > max_frame:
+        raise ProtocolError(
+            f"frame body of {h.body_len} bytes is over the frame limit of "
+            f"{max_frame} bytes")
+    return 0
+
+
+def pack_header(int kind, uint64_t task_id, uint64_t aux, Py_ssize_t body_len,
+                buffer_lengths=()):
+    """Return the wire header for a frame, buffer length table included.
+
+    No validation beyond the field widths: tests use this to build frames
+    that a reader must reject.
+    """
+    cdef list lengths = list(buffer_lengths)
+    cdef Py_ssize_t n = len(lengths), i
+    cdef FrameHeader h
+    cdef uint64_t length
+    if body_len < 0 or body_len > 0xFFFFFFFF:
+        raise ValueError(f"body_len {body_len} does not fit the header")
+    h.magic = FRAME_MAGIC
+    h.version = FRAME_VERSION
+    h.kind = kind
+    h.flags = 0
+    h.nbufs = n
+    h.body_len = body_len
+    h.task_id = task_id
+    h.aux = aux
+    out = PyBytes_FromStringAndSize(NULL, FRAME_HEADER_SIZE + 8 * n)
+    cdef char *p = PyBytes_AS_STRING(out)
+    header_write(p, &h)
+    for i in range(n):
+        length = lengths[i]
+        memcpy(p + FRAME_HEADER_SIZE + 8 * i, &length, 8)
+    return out
+
+
+def unpack_header(const unsigned char[::1] data not None, uint64_t max_frame=DEFAULT_MAX_FRAME):
+    """Parse and check a fixed header; return ``(kind, task_id, aux, body_len, nbufs)``.
+
+    Raises ProtocolError for a header that a reader would reject.
+    """
+    cdef FrameHeader h
+    if data.shape[0] < FRAME_HEADER_SIZE:
+        raise ProtocolError(f"header needs {FRAME_HEADER_SIZE} bytes, got {data.shape[0]}")
+    header_read(<const char *>&data[0], &h)
+    header_check(&h, max_frame)
+    return (h.kind, h.task_id, h.aux, h.body_len, h.nbufs)
+
+
+def kind_name(int kind):
+    """Return a readable name for a frame kind (for error messages)."""
+    return _KIND_NAMES.get(kind, f"kind {kind}")

@@ -1,0 +1,334 @@
+"""The worker side: ``run(task_processor, initializer=None)`` serves tasks.
+
+A worker is a plain script::
+
+    from swarm.worker import run
+
+    def double(x):
+        return 2 * x
+
+    if __name__ == "__main__":
+        run(task_processor=double)
+
+It listens on ``<run dir>/<pid>.sock`` (see ``swarm._runtime``) and answers
+two kinds of frames:
+
+- ``initialize``: ``initializer(*init_data)`` (a no-op without an
+  initializer). If it raises, the worker reports the error and refuses tasks
+  until a later initialize succeeds, so no task runs on half-initialized
+  state.
+- ``task``: ``task_processor(*task)`` for a tuple, ``task_processor(task)``
+  otherwise. The result (or the exception, with its traceback) goes back on
+  the same connection, tagged with the task's id and its run time.
+
+Connections: several clients may be connected at once; the worker serves
+them in turn, one frame at a time, in a single thread (tasks never run
+concurrently inside one worker). Peers of another uid are refused
+(SO_PEERCRED). A worker started by a Pool exits when that pool's connection
+closes, when the pool's process dies, or on SIGTERM; a worker started by
+hand runs until SIGTERM or Ctrl-C. The socket file is removed in every one
+of these cases.
+
+``python -m swarm.worker`` is the built-in worker used by ``Pool()``: a task
+is ``(callable, *args)`` and runs as ``callable(*args)``; init_data likewise.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pickle
+import select
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Callable, Optional
+
+from swarm import _runtime
+from swarm._core.frame import (DEFAULT_MAX_FRAME, KIND_ERROR, KIND_INIT,
+                               KIND_RESULT, KIND_TASK)
+from swarm._core.sock import Channel
+from swarm.errors import PeerClosed, ProtocolError
+
+__all__ = ["run"]
+
+_UCRED = struct.Struct("3i")
+# A client that stops sending in the middle of a frame for this long is cut
+# off, so one stalled peer cannot freeze a worker that serves several.
+STALLED_FRAME_S = 30.0
+# How often an owned worker checks that the process that started it lives:
+# the backstop for PR_SET_PDEATHSIG when the worker is deep in C code.
+PARENT_CHECK_S = 1.0
+PR_SET_PDEATHSIG = 1
+
+
+class _Terminate(BaseException):
+    """Raised by the SIGTERM handler to unwind the serve loop."""
+
+
+def run(task_processor: Callable[..., Any],
+        initializer: Optional[Callable[..., Any]] = None, *,
+        max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    """Serve tasks on this process's socket until told to stop.
+
+    Parameters
+    ----------
+    task_processor
+        Called as ``task_processor(*task)`` for each task (a non-tuple task
+        is passed as the single argument); its return value is the result.
+    initializer
+        Optional; called as ``initializer(*init_data)`` when a client
+        initializes this worker (before the tasks of a requestor whose
+        init_data the worker does not hold yet).
+    max_frame
+        Largest frame accepted or sent, in bytes.
+    """
+    if not callable(task_processor):
+        raise TypeError(f"task_processor must be callable, got {task_processor!r}")
+    if initializer is not None and not callable(initializer):
+        raise TypeError(f"initializer must be callable or None, got {initializer!r}")
+    _Worker(task_processor, initializer, max_frame).serve()
+
+
+def _error_body(phase: str, exc: BaseException) -> tuple:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        pickled = pickle.dumps(exc, 5)
+    except Exception:
+        pickled = None  # the client rebuilds a TaskError from the text alone
+    return (phase, type(exc).__qualname__, str(exc), tb, pickled)
+
+
+class _Worker:
+
+    def __init__(self, task_processor, initializer, max_frame):
+        self.task_processor = task_processor
+        self.initializer = initializer
+        self.max_frame = max_frame
+        self.is_initialized = True   # False after a failed initializer
+        self.owner_pid = int(os.environ.get("SWARM_PARENT_PID", "0") or 0)
+        self.channels = {}           # fd -> Channel
+        self.owner_fd = -1           # fd of the owning pool's connection
+        self.path = None
+        self.listener = None
+
+    # ------------------------------------------------------------ lifetime
+
+    def serve(self) -> None:
+        previous = signal.signal(signal.SIGTERM, _raise_terminate)
+        if self.owner_pid:
+            # The pool coordinates shutdown; Ctrl-C in the terminal reaches
+            # the whole process group and must not print worker tracebacks.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            self._watch_parent()
+        try:
+            self._listen()
+            self._loop()
+        except (_Terminate, KeyboardInterrupt):
+            pass
+        finally:
+            self._shutdown()
+            signal.signal(signal.SIGTERM, previous)
+
+    def _watch_parent(self) -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # not Linux: the watchdog thread below still works
+        if os.getppid() != self.owner_pid:
+            raise SystemExit(0)  # the pool died before we got here
+
+        def watchdog():
+            while True:
+                time.sleep(PARENT_CHECK_S)
+                if os.getppid() != self.owner_pid:
+                    self._unlink()
+                    os._exit(0)
+
+        threading.Thread(target=watchdog, name="swarm-parent-watch", daemon=True).start()
+
+    def _listen(self) -> None:
+        directory = _runtime.run_dir()
+        self.path = _runtime.socket_path(os.getpid(), directory)
+        # A file at our own pid's path can only be left by a dead process.
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(self.path)
+            listener.listen(64)
+        except BaseException:
+            listener.close()
+            raise
+        self.listener = listener
+        ready_fd = int(os.environ.pop("SWARM_READY_FD", "-1"))
+        if ready_fd >= 0:
+            try:
+                os.write(ready_fd, b"R")
+            finally:
+                os.close(ready_fd)
+
+    def _unlink(self) -> None:
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    def _shutdown(self) -> None:
+        self._unlink()
+        for chan in self.channels.values():
+            chan.close()
+        self.channels.clear()
+        if self.listener is not None:
+            self.listener.close()
+
+    # ------------------------------------------------------------ serving
+
+    def _loop(self) -> None:
+        poller = select.poll()
+        listen_fd = self.listener.fileno()
+        poller.register(listen_fd, select.POLLIN)
+        while True:
+            for fd, _ in poller.poll():
+                if fd == listen_fd:
+                    self._accept(poller)
+                    continue
+                chan = self.channels.get(fd)
+                if chan is None:
+                    continue
+                if not self._serve_ready(chan):
+                    poller.unregister(fd)
+                    del self.channels[fd]
+                    chan.close()
+                    if fd == self.owner_fd:
+                        return  # our pool is gone: so are we
+
+    def _accept(self, poller) -> None:
+        conn, _ = self.listener.accept()
+        pid, uid, _gid = _UCRED.unpack(
+            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+        if uid != os.getuid():
+            conn.close()  # another user: no frame of theirs is ever read
+            return
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                        struct.pack("ll", int(STALLED_FRAME_S), 0))
+        fd = conn.detach()
+        self.channels[fd] = Channel(fd, blocking=True, max_frame=self.max_frame)
+        if self.owner_pid and pid == self.owner_pid and self.owner_fd < 0:
+            self.owner_fd = fd
+        poller.register(fd, select.POLLIN)
+
+    def _serve_ready(self, chan: Channel) -> bool:
+        """Serve every frame that has arrived on chan; False: drop chan."""
+        try:
+            while True:
+                frame = chan.read_frame()
+                self._handle(chan, *frame)
+                chan.flush()
+                if not chan.buffered:
+                    return True
+        except (PeerClosed, ProtocolError, TimeoutError, ConnectionError):
+            # ProtocolError: a malformed frame from this peer. It cannot be
+            # answered in-stream (we lost the framing), so the connection is
+            # closed; other connections and the next client are served.
+            return False
+
+    def _handle(self, chan: Channel, kind: int, task_id: int, aux: int,
+                body: bytes, buffers) -> None:
+        if kind == KIND_TASK:
+            self._run_task(chan, task_id, body, buffers)
+        elif kind == KIND_INIT:
+            self._run_initializer(chan, task_id, body, buffers)
+        else:
+            raise ProtocolError(f"a worker does not accept frames of kind {kind}")
+
+    def _run_task(self, chan, task_id, body, buffers) -> None:
+        start = time.perf_counter_ns()
+        try:
+            task = pickle.loads(body, buffers=buffers)
+        except BaseException as exc:  # ship any failure to the client
+            if isinstance(exc, _Terminate):
+                raise
+            return self._reply_error(chan, task_id, start, "task unpickling in the worker", exc)
+        if not self.is_initialized:
+            exc = RuntimeError("the worker's initializer failed; it runs no task "
+                               "until a later initialize succeeds")
+            return self._reply_error(chan, task_id, start, "initializer", exc)
+        try:
+            if type(task) is tuple:
+                result = self.task_processor(*task)
+            else:
+                result = self.task_processor(task)
+        except BaseException as exc:  # ship any failure to the client
+            if isinstance(exc, _Terminate):
+                raise
+            return self._reply_error(chan, task_id, start, "task", exc)
+        try:
+            chan.push(KIND_RESULT, task_id, time.perf_counter_ns() - start, result)
+        except Exception as exc:
+            self._reply_error(chan, task_id, start, "result pickling in the worker", exc)
+
+    def _run_initializer(self, chan, task_id, body, buffers) -> None:
+        start = time.perf_counter_ns()
+        try:
+            init_data = pickle.loads(body, buffers=buffers)
+        except BaseException as exc:  # ship any failure to the client
+            if isinstance(exc, _Terminate):
+                raise
+            self.is_initialized = False
+            return self._reply_error(chan, task_id, start, "init_data unpickling in the worker", exc)
+        try:
+            if self.initializer is not None:
+                if type(init_data) is tuple:
+                    self.initializer(*init_data)
+                else:
+                    self.initializer(init_data)
+        except BaseException as exc:  # ship any failure to the client
+            if isinstance(exc, _Terminate):
+                raise
+            self.is_initialized = False
+            return self._reply_error(chan, task_id, start, "initializer", exc)
+        self.is_initialized = True
+        chan.push(KIND_RESULT, task_id, time.perf_counter_ns() - start, None)
+
+    def _reply_error(self, chan, task_id, start, phase, exc) -> None:
+        chan.push(KIND_ERROR, task_id, time.perf_counter_ns() - start,
+                  _error_body(phase, exc))
+
+
+def _raise_terminate(signum, frame):
+    raise _Terminate()
+
+
+# ---------------------------------------------------------------- built-in
+
+def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    """Task processor of the built-in worker: a task is (callable, *args)."""
+    return fn(*args)
+
+
+def _builtin_initializer(*init_data: Any) -> None:
+    """The built-in worker's initializer: init_data is (callable, *args), or ()."""
+    if init_data:
+        init_data[0](*init_data[1:])
+
+
+def _main() -> None:
+    # Make the client's modules importable here, so that functions pickled
+    # by reference (module + name) resolve as they do in the client.
+    for entry in reversed(os.environ.get("SWARM_SYS_PATH", "").split(os.pathsep)):
+        if entry and entry not in sys.path:
+            sys.path.insert(0, entry)
+    run(task_processor=_call, initializer=_builtin_initializer)
+
+
+if __name__ == "__main__":
+    _main()

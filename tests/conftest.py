@@ -1,0 +1,165 @@
+"""Shared fixtures. The autouse `no_leaks` fixture is the project's habit:
+every test must leave no child process, no open fd and no socket file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import pytest
+
+# Every test run gets its own private run dir, so that socket files left by
+# a test are ours to see (and no user session's run dir is touched).
+_RUN_DIR = tempfile.mkdtemp(prefix="swarm-test-run-")
+os.chmod(_RUN_DIR, 0o700)
+os.environ["SWARM_RUN_DIR"] = _RUN_DIR
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# How long a test may take to reap what it started before it is a leak.
+REAP_S = 10.0
+
+
+def _children() -> set[int]:
+    me = str(os.getpid())
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1].decode() == me and fields[0] not in (b"Z", b"X"):
+            found.add(int(entry))
+    return found
+
+
+def _open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+def _socket_files() -> set[str]:
+    return set(os.listdir(_RUN_DIR))
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Fail the test if a child process, fd or socket file outlives it."""
+    children, fds, files = _children(), _open_fds(), _socket_files()
+    yield
+    deadline = time.monotonic() + REAP_S
+    while time.monotonic() < deadline:
+        extra_children = _children() - children
+        extra_files = _socket_files() - files
+        if not extra_children and not extra_files:
+            break
+        time.sleep(0.05)
+    extra_fds = {fd for fd in _open_fds() - fds
+                 if not os.readlink(f"/proc/self/fd/{fd}").startswith("/dev/")}
+    leftovers = []
+    if extra_children:
+        leftovers.append(f"child processes {sorted(extra_children)}")
+    if extra_files:
+        leftovers.append(f"socket files {sorted(extra_files)}")
+    if extra_fds:
+        names = {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in extra_fds}
+        leftovers.append(f"open fds {names}")
+    assert not leftovers, "test leaked " + "; ".join(leftovers)
+
+
+@pytest.fixture
+def run_dir() -> str:
+    """The private run dir this test session's workers listen in."""
+    return _RUN_DIR
+
+
+class WorkerProcess:
+    """A worker script started as a real process, stopped on exit."""
+
+    def __init__(self, source: str, tmp_path) -> None:
+        script = tmp_path / "worker_script.py"
+        script.write_text(textwrap.dedent(source))
+        self.script = str(script)
+        self.proc = subprocess.Popen([sys.executable, self.script],
+                                     stderr=subprocess.PIPE)
+        self.pid = self.proc.pid
+        self.socket_path = os.path.join(_RUN_DIR, f"{self.pid}.sock")
+        deadline = time.monotonic() + 20
+        while not os.path.exists(self.socket_path):
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode()
+                raise RuntimeError(f"worker script exited early:\n{err}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("worker did not open its socket in 20 s")
+            time.sleep(0.01)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            code = self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.proc.stderr.close()
+        return code
+
+
+ECHO_WORKER = """
+    from swarm.worker import run
+
+    class Processor:
+        def __init__(self):
+            self.offset = 0
+
+        def initialize(self, offset=0):
+            if isinstance(offset, str) and offset == "fail":
+                raise RuntimeError("initializer refused")
+            self.offset = offset
+
+        def __call__(self, x=None, *rest):
+            if isinstance(x, str) and x == "raise":
+                raise ValueError("task asked to fail")
+            if isinstance(x, str) and x == "unpicklable":
+                return lambda: None
+            if rest:
+                return (x,) + rest
+            if isinstance(x, int) and not isinstance(x, bool):
+                return x + self.offset
+            return x
+
+    if __name__ == "__main__":
+        processor = Processor()
+        run(task_processor=processor, initializer=processor.initialize)
+"""
+
+
+@pytest.fixture
+def echo_worker(tmp_path):
+    """An echo worker script as a live process (ints get the init offset)."""
+    worker = WorkerProcess(ECHO_WORKER, tmp_path)
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def make_worker(tmp_path):
+    """Start a worker from script source; every one is stopped afterwards."""
+    started = []
+
+    def make(source: str) -> WorkerProcess:
+        sub = tmp_path / f"w{len(started)}"
+        sub.mkdir()
+        worker = WorkerProcess(source, sub)
+        started.append(worker)
+        return worker
+
+    yield make
+    for worker in started:
+        worker.stop()
