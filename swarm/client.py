@@ -239,3 +239,970 @@ class Socket:
                 f"{type(exc).__qualname__}: {exc}", task_id=task_id,
                 phase="result unpickling in the client",
                 exc_type=type(exc).__qualname__, exception=exc) from exc
+
+
+# ====================================================================== pool
+#
+# Policy, all of it on the pool's I/O thread (the only thread that touches
+# workers, the queue and the in-flight records; user threads talk to it
+# through a command queue and a wake-up pipe):
+#
+# - Assignment. Every worker is assigned to one requestor. A free worker
+#   takes the first queued task of its requestor; if its requestor has
+#   none, it takes the first task in the queue and is reassigned to that
+#   task's requestor (it now holds that requestor's init_data, so staying
+#   keeps init switches rare). A worker whose requestor finished stays
+#   assigned to it until it takes another requestor's task.
+# - New requestors. When a requestor is submitted, idle workers are moved
+#   to it until it holds its fair share (workers // requestors with queued
+#   tasks); when there are more requestors than workers, the newcomer gets
+#   workers as others run dry (the fallback rule above).
+# - init_data. Before a worker runs a task of a requestor whose init_data
+#   it does not hold, the pool sends that init_data first (pipelined: the
+#   worker runs frames in order). Requestors without init_data need none.
+# - Pipelining. Each worker has up to `depth` frames in flight; depth
+#   follows the requestor's measured task time (deep for tiny tasks, 1 for
+#   long ones, so a long task never holds short ones hostage).
+# - Death. A worker whose connection drops has its in-flight tasks put back
+#   at the head of the queue (up to max_retries times each, then they fail
+#   with WorkerDied naming the signal or exit code) and is replaced.
+
+import atexit
+import collections
+import os
+import queue as _queue
+import select
+import signal
+import subprocess
+import sys
+import threading
+import weakref
+from typing import Callable, Dict, Iterable, Iterator, List, Sequence
+
+from swarm._core.reorder import ReorderBuffer
+from swarm._core.taskqueue import TaskQueue
+from swarm.errors import PoolClosed, WorkerStartError
+
+__all__ += ["Pool", "Sprint", "BatchManager", "Batch", "BatchError"]
+
+# Work queued on one worker beyond the task it runs, in seconds of measured
+# task time: enough to cover a client<->worker round trip (~40 us) with
+# margin, small enough that the tail of a batch stays balanced.
+PIPELINE_AHEAD_S = 200e-6
+# Most frames in flight per worker (tiny tasks); bounds head-of-line delay.
+MAX_DEPTH = 64
+# In-flight frames per worker before any task time has been measured.
+INITIAL_DEPTH = 2
+# Weight of the newest task duration in a requestor's moving average.
+EWMA_ALPHA = 0.2
+# Grace between closing a worker's connection and SIGTERM, then SIGKILL.
+STOP_GRACE_S = 2.0
+# Bytes of a worker's stderr kept for error messages.
+STDERR_TAIL = 8192
+
+_CLOSED = object()       # result-queue sentinel: the pool shut down
+_live_pools: "weakref.WeakSet[Pool]" = weakref.WeakSet()
+
+
+class BatchError(SwarmError):
+    """Some tasks of a batch failed.
+
+    Attributes
+    ----------
+    errors
+        ``{task_id: TaskError}`` for every failed task, in task order.
+    results
+        The full result list, each failed task's TaskError in its slot.
+    """
+
+    def __init__(self, errors: Dict[int, TaskError], results: List[Any]) -> None:
+        ids = list(errors)
+        shown = ids[:10] + (["..."] if len(ids) > 10 else [])
+        first = errors[ids[0]]
+        super().__init__(f"{len(ids)} of {len(results)} tasks failed "
+                         f"(task ids {shown}); first: {first}")
+        self.errors = errors
+        self.results = results
+        self.__cause__ = first
+
+
+class _Failure:
+    """Marks a failed task in a result queue (a task may return an exception)."""
+    __slots__ = ("error",)
+
+    def __init__(self, error: TaskError) -> None:
+        self.error = error
+
+
+def _validate_tta(tta: Any) -> Optional[float]:
+    if tta is None:
+        return None
+    if isinstance(tta, bool) or not isinstance(tta, (int, float)) or tta != tta:
+        raise ValueError(f"tta must be a number (epoch seconds) or None, got {tta!r}")
+    return float(tta)
+
+
+class _Requestor:
+    """What Sprint and Batch share: a lane in the common queue, init_data,
+    a result queue the pool fills, and stats."""
+
+    def __init__(self, init_data: Any, tta: Any, max_retries: Optional[int]) -> None:
+        if max_retries is not None and (not isinstance(max_retries, int) or max_retries < 0):
+            raise ValueError(f"max_retries must be an int >= 0 or None, got {max_retries!r}")
+        self.init_data = init_data
+        self.tta = _validate_tta(tta)
+        self.max_retries = max_retries
+        self._pool: Optional[Pool] = None
+        self._lane = -1
+        self._results: "_queue.SimpleQueue[Any]" = _queue.SimpleQueue()
+        self._submit_lock = threading.Lock()
+        self._submitted = 0          # tasks given ids so far
+        self._consumed = 0           # results taken off _results
+        # Stats, written by the pool's I/O thread only.
+        self.tasks_done = 0
+        self.tasks_failed = 0
+        self.initializations = 0     # initializer runs for this requestor
+        self.init_switches = 0       # ... of them on a worker that held another's
+        self.workers_assigned = 0
+        self.task_time_s = 0.0       # moving average of measured task time
+        self._depth = INITIAL_DEPTH
+        self._init_error: Optional[TaskError] = None
+        self.started_at: Optional[float] = None
+        self.finished_at: Optional[float] = None
+
+    @property
+    def stats(self) -> Dict[str, Any]:
+        """A snapshot: tasks submitted/done/failed/left, workers assigned,
+        initializer runs and switches, mean task time, start and finish."""
+        return {
+            "tasks_submitted": self._submitted,
+            "tasks_done": self.tasks_done,
+            "tasks_failed": self.tasks_failed,
+            "tasks_left": self._submitted - self.tasks_done - self.tasks_failed,
+            "workers_assigned": self.workers_assigned,
+            "initializations": self.initializations,
+            "init_switches": self.init_switches,
+            "task_time_s": self.task_time_s,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "tta": self.tta,
+        }
+
+    def _record_duration(self, seconds: float) -> None:
+        avg = self.task_time_s
+        avg = seconds if avg == 0.0 else avg + EWMA_ALPHA * (seconds - avg)
+        self.task_time_s = avg
+        depth = 1 + int(PIPELINE_AHEAD_S / avg) if avg > 0 else MAX_DEPTH
+        self._depth = depth if depth < MAX_DEPTH else MAX_DEPTH
+
+    def _take(self, timeout: Optional[float]) -> Tuple[int, Any]:
+        """Next (index, value) from the pool; raises on close or timeout."""
+        try:
+            item = self._results.get(timeout=timeout)
+        except _queue.Empty:
+            raise TimeoutError(f"no result within {timeout} s") from None
+        if item is _CLOSED:
+            self._results.put(_CLOSED)  # every later wait sees it too
+            raise PoolClosed("the pool was closed before every result arrived")
+        self._consumed += 1
+        return item
+
+    def _attach(self, pool: "Pool") -> None:
+        if self._pool is not None:
+            raise SwarmError(f"{self!r} is already submitted to a pool")
+        self._pool = pool
+        self.started_at = time.time()
+
+
+class Sprint(_Requestor):
+    """A streaming requestor: submit tasks at any time, get results as done.
+
+    Parameters
+    ----------
+    tta
+        Target time of completion, absolute epoch seconds, or None.
+    init_data
+        Passed to the worker's ``initializer(*init_data)`` before it runs
+        this sprint's tasks (None: no initializer call).
+    max_retries
+        Retries of a task whose worker died (None: the pool's setting).
+
+    Example
+    -------
+    >>> sprint = Sprint()                                  # doctest: +SKIP
+    >>> with Pool() as pool:
+    ...     pool.submit_sprint(sprint)
+    ...     sprint.submit_tasks([(abs, -i) for i in range(10)])
+    ...     for task_id, result in sprint.yield_results():
+    ...         ...
+    """
+
+    def __init__(self, tta: Any = None, init_data: Any = None, *,
+                 max_retries: Optional[int] = None) -> None:
+        super().__init__(init_data, tta, max_retries)
+        self._unsent: List[Any] = []  # tasks submitted before the pool
+
+    def __repr__(self) -> str:
+        return f"<swarm.Sprint submitted={self._submitted} done={self.tasks_done}>"
+
+    def submit_tasks(self, tasks: Iterable[Any]) -> range:
+        """Queue tasks; return their task ids (0-based, across all calls).
+
+        May be called before or after ``pool.submit_sprint``, and while
+        results are being read.
+        """
+        tasks = list(tasks)
+        with self._submit_lock:
+            first = self._submitted
+            self._submitted += len(tasks)
+            if self._pool is None:
+                self._unsent.extend(tasks)
+            elif tasks:
+                self._pool._post(("tasks", self, first, tasks))
+        return range(first, first + len(tasks))
+
+    def yield_results(self, return_exceptions: bool = False,
+                      timeout: Optional[float] = None) -> Iterator[Tuple[int, Any]]:
+        """Yield ``(task_id, result)`` as tasks finish.
+
+        Ends once every task submitted so far has been yielded (tasks
+        submitted while iterating are included). A failed task raises its
+        TaskError, unless ``return_exceptions`` puts it in the result's
+        place; the other results stay reachable by a later call.
+        ``timeout`` bounds each wait for the next result.
+        """
+        if self._pool is None:
+            raise SwarmError("submit the sprint to a pool first (pool.submit_sprint)")
+        while self._consumed < self._submitted:
+            index, value = self._take(timeout)
+            if type(value) is _Failure:
+                if not return_exceptions:
+                    raise value.error
+                value = value.error
+            yield index, value
+
+
+class Batch(_Requestor):
+    """An ordered requestor over a fixed list of tasks (see BatchManager)."""
+
+    def __init__(self, pool: "Pool", tasks: List[Any], init_data: Any,
+                 max_retries: Optional[int]) -> None:
+        super().__init__(init_data, None, max_retries)
+        self._pool_for_start = pool
+        self._tasks: Optional[List[Any]] = tasks
+        self._submitted = len(tasks)
+        self._reorder = ReorderBuffer(len(tasks))
+        self._released: List[Any] = []     # results released in order so far
+        self._errors: Dict[int, TaskError] = {}
+
+    def __repr__(self) -> str:
+        return f"<swarm.Batch tasks={self._submitted} done={self.tasks_done}>"
+
+    def start(self, tta: Any = None) -> "Batch":
+        """Queue the batch's tasks on the pool; ``tta`` is the target time
+        of completion (epoch seconds) or None."""
+        tta = _validate_tta(tta)
+        if self._pool is not None:
+            raise SwarmError("this batch was already started")
+        self.tta = tta
+        pool = self._pool_for_start
+        pool._attach_requestor(self)
+        tasks, self._tasks = self._tasks, None
+        if tasks:
+            pool._post(("tasks", self, 0, tasks))
+        return self
+
+    def yield_results(self, return_exceptions: bool = False,
+                      timeout: Optional[float] = None) -> Iterator[Any]:
+        """Yield results in task order as the completed prefix grows.
+
+        Starts the batch (without tta) if it was not started. A failed task
+        raises its TaskError at its position unless ``return_exceptions``.
+        Results already yielded are yielded again by a later call, so it
+        can resume after an error.
+        """
+        if self._pool is None:
+            self.start()
+        released = self._released
+        position = 0
+        while True:
+            while position < len(released):
+                value = released[position]
+                if type(value) is _Failure:
+                    if not return_exceptions:
+                        # Keep the failure in place so that a later call
+                        # sees the same sequence.
+                        raise value.error
+                    value = value.error
+                yield value
+                position += 1
+            if self._reorder.done:
+                return
+            index, value = self._take(timeout)
+            if type(value) is _Failure:
+                self._errors[index] = value.error
+            self._reorder.put(index, value)
+            released.extend(self._reorder.pop_ready())
+
+    def list_results(self, return_exceptions: bool = False,
+                     timeout: Optional[float] = None) -> List[Any]:
+        """Block until every task is done; return results in task order.
+
+        Raises BatchError naming the failed task ids (with every result and
+        error on it) unless ``return_exceptions`` puts each TaskError in its
+        task's slot.
+        """
+        results = list(self.yield_results(return_exceptions=True, timeout=timeout))
+        if self._errors and not return_exceptions:
+            raise BatchError(dict(sorted(self._errors.items())), results)
+        return results
+
+
+class BatchManager:
+    """Builds a Batch of ``tasks`` on ``pool``, sharing ``init_data``.
+
+    >>> batch = BatchManager(pool, tasks, init_data=(model,)).batch  # doctest: +SKIP
+    >>> batch.start(tta=time.time() + 60)
+    >>> results = batch.list_results()       # same order as tasks
+    """
+
+    def __init__(self, pool: "Pool", tasks: Iterable[Any], init_data: Any = None, *,
+                 max_retries: Optional[int] = None) -> None:
+        if not isinstance(pool, Pool):
+            raise TypeError(f"pool must be a swarm Pool, got {pool!r}")
+        self.pool = pool
+        self.batch = Batch(pool, list(tasks), init_data, max_retries)
+
+
+class _Worker:
+    """The I/O thread's record of one worker process."""
+
+    __slots__ = ("proc", "pid", "chan", "ready_fd", "stderr_fd", "stderr_tail",
+                 "requestor", "init_for", "init_failed", "inflight", "seq",
+                 "is_ready", "is_dead")
+
+    def __init__(self, proc: subprocess.Popen, ready_fd: int) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.chan: Optional[Channel] = None
+        self.ready_fd = ready_fd
+        self.stderr_fd = proc.stderr.fileno() if proc.stderr is not None else -1
+        self.stderr_tail = b""
+        self.requestor: Optional[_Requestor] = None
+        self.init_for: Optional[_Requestor] = None   # whose init_data it holds
+        self.init_failed = False
+        # Frames sent and not yet answered, in send order (the worker answers
+        # in order): (requestor, index, task) for tasks, (requestor, -1, None)
+        # for an initialize.
+        self.inflight: "collections.deque[Tuple[_Requestor, int, Any]]" = collections.deque()
+        self.seq = 0
+        self.is_ready = False
+        self.is_dead = False
+
+    def exit_description(self) -> str:
+        code = self.proc.poll()
+        if code is None:
+            return "closed its connection"
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"died ({name})"
+        return f"exited with code {code}"
+
+
+class Pool:
+    """A pool of worker processes serving requestors from one common queue.
+
+    Parameters
+    ----------
+    script
+        Path of a worker script (calls ``swarm.worker.run``), relative to
+        the current directory; None runs the built-in worker, whose tasks
+        are ``(callable, *args)`` with the callable pickled by reference.
+    workers
+        Number of worker processes; default: the CPUs this process may use.
+    max_retries
+        Times a task is retried when its worker dies under it (default 1).
+    start_timeout
+        Seconds the workers may take to start before WorkerStartError.
+    max_frame
+        Largest frame sent or accepted, in bytes.
+
+    Leaving the ``with`` block (or ``close()``) cancels what is still
+    queued, stops every worker and removes every socket file.
+
+    Raises
+    ------
+    WorkerStartError
+        A worker could not start (missing script, import error, early
+        exit); the message names the script and shows its stderr.
+    """
+
+    def __init__(self, script: Optional[str] = None, workers: Optional[int] = None, *,
+                 max_retries: int = 1, start_timeout: float = 60.0,
+                 max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        if workers is None:
+            workers = len(os.sched_getaffinity(0))
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        if script is not None:
+            script = os.path.abspath(os.fspath(script))
+            if not os.path.isfile(script):
+                raise WorkerStartError(f"worker script {script} does not exist")
+            self._argv = [sys.executable, script]
+        else:
+            self._argv = [sys.executable, "-m", "swarm.worker"]
+        self.script = script
+        self.size = workers
+        self.max_retries = max_retries
+        self.max_frame = max_frame
+        self._run_dir = _runtime.run_dir()
+        _runtime.remove_stale_sockets(self._run_dir)
+        self._env = dict(os.environ, SWARM_PARENT_PID=str(os.getpid()),
+                         SWARM_RUN_DIR=self._run_dir,
+                         SWARM_SYS_PATH=os.pathsep.join(p or os.getcwd() for p in sys.path))
+        self._queue = TaskQueue()
+        self._workers: Dict[int, _Worker] = {}    # pid -> worker
+        self._fds: Dict[int, Tuple[Callable[[_Worker], None], _Worker]] = {}
+        self._poller = select.poll()
+        self._requestors: Dict[int, _Requestor] = {}  # lane -> requestor
+        self._free_lanes: List[int] = []
+        self._retries: Dict[Tuple[int, int], int] = {}  # (lane, index) -> retries so far
+        self._commands: "_queue.SimpleQueue[Any]" = _queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._closing = False
+        self._closed = False
+        self._fatal: Optional[BaseException] = None
+        self._close_lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+        try:
+            self._start_workers(workers, start_timeout)
+        except BaseException:
+            self._teardown()
+            raise
+        self._poller.register(self._wake_r, select.POLLIN)
+        self._thread = threading.Thread(target=self._io_loop, name="swarm-pool-io",
+                                        daemon=True)
+        self._thread.start()
+        _live_pools.add(self)
+
+    # ------------------------------------------------------------ public
+
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._workers)} workers"
+        return f"<swarm.Pool {self.script or 'built-in worker'} {state}>"
+
+    @property
+    def pids(self) -> List[int]:
+        """Pids of the live worker processes."""
+        return [w.pid for w in list(self._workers.values()) if not w.is_dead]
+
+    def submit_sprint(self, sprint: Sprint) -> Sprint:
+        """Attach a Sprint: its tasks (queued already or later) run here."""
+        if not isinstance(sprint, Sprint):
+            raise TypeError(f"submit_sprint takes a Sprint, got {sprint!r}")
+        with sprint._submit_lock:
+            self._attach_requestor(sprint)
+            tasks, sprint._unsent = sprint._unsent, []
+            if tasks:
+                self._post(("tasks", sprint, 0, tasks))
+        return sprint
+
+    def close(self) -> None:
+        """Cancel queued tasks, stop every worker, remove socket files.
+
+        Waits for the workers to exit (seconds at most: SIGTERM, then
+        SIGKILL). Safe to call twice.
+        """
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closing = True
+            thread = self._thread
+            if thread is not None and thread.is_alive():
+                self._post(("stop",))
+                thread.join()
+            else:
+                self._teardown()
+            self._closed = True
+            _live_pools.discard(self)
+
+    # ------------------------------------------------------------ threads
+
+    def _attach_requestor(self, requestor: _Requestor) -> None:
+        if self._closing:
+            raise PoolClosed("the pool is closed")
+        requestor._attach(self)
+        self._post(("attach", requestor))
+
+    def _post(self, command: Tuple[Any, ...]) -> None:
+        """Hand a command to the I/O thread and wake it."""
+        if self._closed or (self._closing and command[0] != "stop"):
+            raise PoolClosed("the pool is closed")
+        self._commands.put(command)
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already
+
+    # ------------------------------------------------------------ start-up
+
+    def _spawn(self) -> _Worker:
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        env = dict(self._env, SWARM_READY_FD=str(ready_w))
+        try:
+            proc = subprocess.Popen(self._argv, env=env, pass_fds=(ready_w,),
+                                    stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        except BaseException:
+            os.close(ready_r)
+            raise
+        finally:
+            os.close(ready_w)
+        worker = _Worker(proc, ready_r)
+        self._workers[worker.pid] = worker
+        self._watch(ready_r, self._on_ready, worker)
+        self._watch(worker.stderr_fd, self._on_stderr, worker)
+        return worker
+
+    def _start_workers(self, n: int, timeout: float) -> None:
+        started = [self._spawn() for _ in range(n)]
+        deadline = time.monotonic() + timeout
+        while not all(w.is_ready for w in started):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                slow = [w.pid for w in started if not w.is_ready]
+                raise WorkerStartError(
+                    f"workers {slow} of {self._describe_script()} did not start "
+                    f"within {timeout:g} s")
+            for fd, _ in self._poller.poll(left * 1000):
+                handler, worker = self._fds.get(fd, (None, None))
+                if handler is not None:
+                    handler(worker)
+            for worker in started:
+                if worker.is_dead:
+                    self._drain_stderr(worker)
+                    raise WorkerStartError(
+                        f"worker {worker.pid} of {self._describe_script()} "
+                        f"{worker.exit_description()} before it was ready; its stderr:\n"
+                        + worker.stderr_tail.decode("utf-8", "replace"))
+
+    def _describe_script(self) -> str:
+        return f"script {self.script}" if self.script else "the built-in worker"
+
+    def _watch(self, fd: int, handler: Callable[[_Worker], None], worker: _Worker) -> None:
+        self._fds[fd] = (handler, worker)
+        self._poller.register(fd, select.POLLIN)
+
+    def _unwatch(self, fd: int) -> None:
+        if self._fds.pop(fd, None) is not None:
+            self._poller.unregister(fd)
+
+    def _on_ready(self, worker: _Worker) -> None:
+        try:
+            signal_byte = os.read(worker.ready_fd, 1)
+        except OSError:
+            signal_byte = b""
+        self._unwatch(worker.ready_fd)
+        os.close(worker.ready_fd)
+        worker.ready_fd = -1
+        if signal_byte != b"R":
+            self._reap(worker)
+            return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(_runtime.socket_path(worker.pid, self._run_dir))
+        except OSError:
+            sock.close()
+            self._reap(worker)
+            return
+        worker.chan = Channel(sock.detach(), blocking=False, max_frame=self.max_frame)
+        worker.is_ready = True
+        self._watch(worker.chan.fileno(), self._on_readable, worker)
+
+    def _on_stderr(self, worker: _Worker) -> None:
+        try:
+            data = os.read(worker.stderr_fd, 65536)
+        except OSError:
+            data = b""
+        if not data:
+            self._unwatch(worker.stderr_fd)
+            return
+        worker.stderr_tail = (worker.stderr_tail + data)[-STDERR_TAIL:]
+        if not self._closing:
+            try:
+                os.write(2, data)  # the worker's stderr shows as the user's
+            except OSError:
+                pass
+
+    def _drain_stderr(self, worker: _Worker) -> None:
+        while worker.stderr_fd in self._fds:
+            self._on_stderr(worker)
+
+    # ------------------------------------------------------------ I/O loop
+
+    def _io_loop(self) -> None:
+        try:
+            while True:
+                self._dispatch()
+                for fd, _ in self._poller.poll():
+                    if fd == self._wake_r:
+                        if self._run_commands():
+                            return
+                        continue
+                    entry = self._fds.get(fd)
+                    if entry is not None:
+                        entry[0](entry[1])
+        except BaseException as exc:  # never leave callers waiting on a dead loop
+            self._fatal = exc
+            raise
+        finally:
+            self._closing = True
+            self._teardown()
+
+    def _run_commands(self) -> bool:
+        """Apply queued commands; True when asked to stop."""
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        commands = self._commands
+        while True:
+            try:
+                command = commands.get_nowait()
+            except _queue.Empty:
+                return False
+            kind = command[0]
+            if kind == "tasks":
+                _, requestor, first, tasks = command
+                if requestor._init_error is not None:
+                    for i in range(len(tasks)):
+                        self._fail(requestor, first + i, requestor._init_error)
+                else:
+                    self._queue.extend(requestor._lane, first, tasks)
+            elif kind == "attach":
+                self._on_attach(command[1])
+            elif kind == "stop":
+                return True
+
+    def _on_attach(self, requestor: _Requestor) -> None:
+        lane = self._free_lanes.pop() if self._free_lanes else len(self._requestors)
+        requestor._lane = lane
+        self._requestors[lane] = requestor
+        # Fair share: idle workers of requestors holding more than theirs move
+        # to the newcomer; busy ones come to it through the fallback rule.
+        active = 1 + sum(1 for r in self._requestors.values()
+                         if r is not requestor and self._queue.count(r._lane))
+        share = max(1, self.size // active)
+        for worker in self._workers.values():
+            if requestor.workers_assigned >= share:
+                break
+            owner = worker.requestor
+            if (owner is None or owner.workers_assigned > share
+                    or not self._queue.count(owner._lane)) and not worker.inflight:
+                self._assign(worker, requestor)
+
+    def _assign(self, worker: _Worker, requestor: _Requestor) -> None:
+        if worker.requestor is not None:
+            worker.requestor.workers_assigned -= 1
+        worker.requestor = requestor
+        requestor.workers_assigned += 1
+
+    def _dispatch(self) -> None:
+        q = self._queue
+        if not len(q):
+            return
+        for worker in self._workers.values():
+            if not worker.is_ready or worker.is_dead:
+                continue
+            requestor = worker.requestor
+            lane = requestor._lane if requestor is not None else -1
+            sent = False
+            while len(q):
+                depth = requestor._depth if requestor is not None else INITIAL_DEPTH
+                if len(worker.inflight) >= depth:
+                    break
+                rlane, index, task = q.pop(lane)
+                if rlane != lane:
+                    requestor = self._requestors[rlane]
+                    lane = rlane
+                    self._assign(worker, requestor)
+                    if len(worker.inflight) >= requestor._depth:
+                        # Re-queued: the new requestor's depth is smaller.
+                        q.push_front(rlane, index, task)
+                        break
+                self._send_task(worker, requestor, index, task)
+                sent = True
+            if sent:
+                self._flush(worker)
+
+    def _send_task(self, worker: _Worker, requestor: _Requestor, index: int, task: Any) -> None:
+        chan = worker.chan
+        if requestor.init_data is not None:
+            if worker.init_for is not requestor:
+                self._send_init(worker, requestor, requestor.init_data)
+        elif worker.init_failed:
+            self._send_init(worker, requestor, None)
+        try:
+            chan.push(KIND_TASK, worker.seq + 1, 0, task)
+        except ProtocolError as exc:
+            self._fail(requestor, index, TaskError(
+                f"task {index}: {exc}", task_id=index, phase="task pickling in the client",
+                exc_type=type(exc).__qualname__, exception=exc))
+            return
+        except Exception as exc:
+            self._fail(requestor, index, TaskError(
+                f"task {index}: task could not be pickled: {type(exc).__qualname__}: {exc}",
+                task_id=index, phase="task pickling in the client",
+                exc_type=type(exc).__qualname__, exception=exc))
+            return
+        worker.seq += 1
+        worker.inflight.append((requestor, index, task))
+
+    def _send_init(self, worker: _Worker, requestor: _Requestor, init_data: Any) -> None:
+        try:
+            worker.chan.push(KIND_INIT, worker.seq + 1, 0, init_data)
+        except Exception as exc:
+            error = TaskError(f"init_data could not be pickled: {type(exc).__qualname__}: {exc}",
+                              phase="init_data pickling in the client",
+                              exc_type=type(exc).__qualname__, exception=exc)
+            self._fail_requestor_init(requestor, error)
+            raise _InitRefused() from exc
+        worker.seq += 1
+        worker.inflight.append((requestor, -1, None))
+        if worker.init_for is not None and worker.init_for is not requestor:
+            requestor.init_switches += 1
+        worker.init_for = requestor if init_data is not None else None
+        worker.init_failed = False
+        requestor.initializations += 1
+
+    def _flush(self, worker: _Worker) -> None:
+        try:
+            if worker.chan.flush():
+                return
+        except OSError:
+            self._on_worker_lost(worker)
+            return
+        # The socket is full: wait until it is writable (big frames).
+        self._poller.modify(worker.chan.fileno(), select.POLLIN | select.POLLOUT)
+
+    def _on_readable(self, worker: _Worker) -> None:
+        chan = worker.chan
+        if chan.pending:
+            try:
+                if chan.flush():
+                    self._poller.modify(chan.fileno(), select.POLLIN)
+            except OSError:
+                self._on_worker_lost(worker)
+                return
+        inflight = worker.inflight
+        try:
+            while True:
+                frame = chan.read_frame()
+                if frame is None:
+                    return
+                kind, seq, aux, body, buffers = frame
+                requestor, index, _task = inflight.popleft()
+                if index < 0:
+                    self._on_init_reply(worker, requestor, kind, body, buffers)
+                    continue
+                requestor._record_duration(aux * 1e-9)
+                if kind == KIND_RESULT:
+                    try:
+                        value = pickle.loads(body, buffers=buffers)
+                    except Exception as exc:
+                        self._fail(requestor, index, TaskError(
+                            f"task {index}: result could not be unpickled in the client: "
+                            f"{type(exc).__qualname__}: {exc}", task_id=index,
+                            phase="result unpickling in the client",
+                            exc_type=type(exc).__qualname__, exception=exc))
+                        continue
+                    requestor.tasks_done += 1
+                    requestor._results.put((index, value))
+                    if requestor.tasks_done + requestor.tasks_failed == requestor._submitted:
+                        requestor.finished_at = time.time()
+                elif requestor._init_error is not None:
+                    # Refused by a worker whose initializer failed: report
+                    # the cause, not the refusal.
+                    self._fail(requestor, index, requestor._init_error)
+                else:
+                    self._fail(requestor, index, _task_error(body, buffers, index))
+        except (PeerClosed, ProtocolError, ConnectionError, IndexError):
+            # IndexError: a frame nobody asked for. Either way this worker's
+            # stream cannot be trusted any more.
+            self._on_worker_lost(worker)
+
+    def _on_init_reply(self, worker: _Worker, requestor: _Requestor, kind: int,
+                       body: bytes, buffers: Any) -> None:
+        if kind == KIND_RESULT:
+            return
+        worker.init_for = None
+        worker.init_failed = True
+        self._fail_requestor_init(requestor, _task_error(body, buffers, None))
+
+    def _fail_requestor_init(self, requestor: _Requestor, error: TaskError) -> None:
+        """The requestor's initializer failed: every task of it fails with
+        that error (those in flight come back refused by their worker)."""
+        if requestor._init_error is None:
+            requestor._init_error = error
+        for index, _task in self._queue.remove_requestor(requestor._lane):
+            self._fail(requestor, index, error)
+
+    def _fail(self, requestor: _Requestor, index: int, error: TaskError) -> None:
+        if error.task_id is None and error.phase == "initializer":
+            error = TaskError(f"task {index}: the initializer failed: {error}",
+                              task_id=index, phase="initializer", exc_type=error.exc_type,
+                              remote_traceback=error.remote_traceback,
+                              exception=error.exception)
+        requestor.tasks_failed += 1
+        requestor._results.put((index, _Failure(error)))
+        if requestor.tasks_done + requestor.tasks_failed == requestor._submitted:
+            requestor.finished_at = time.time()
+
+    # ------------------------------------------------------------ deaths
+
+    def _reap(self, worker: _Worker) -> None:
+        """Forget a worker process that is gone or must go."""
+        if worker.is_dead:
+            return
+        worker.is_dead = True
+        if worker.chan is not None:
+            self._unwatch(worker.chan.fileno())
+            worker.chan.close()
+        if worker.ready_fd >= 0:
+            self._unwatch(worker.ready_fd)
+            os.close(worker.ready_fd)
+            worker.ready_fd = -1
+        try:
+            worker.proc.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            worker.proc.kill()
+            worker.proc.wait()
+        self._drain_stderr(worker)
+        if worker.requestor is not None:
+            worker.requestor.workers_assigned -= 1
+            worker.requestor = None
+        self._workers.pop(worker.pid, None)
+        try:
+            os.unlink(_runtime.socket_path(worker.pid, self._run_dir))
+        except FileNotFoundError:
+            pass
+        if worker.proc.stderr is not None:
+            worker.proc.stderr.close()
+
+    def _on_worker_lost(self, worker: _Worker) -> None:
+        inflight = list(worker.inflight)
+        worker.inflight.clear()
+        self._reap(worker)
+        how = worker.exit_description()
+        # The worker runs frames in order: only the first unanswered one had
+        # started, so only it is charged a retry; the frames queued behind it
+        # go back untouched (first in flight first, at the head).
+        for position in range(len(inflight) - 1, -1, -1):
+            requestor, index, task = inflight[position]
+            if index < 0:
+                if position == 0:
+                    self._charge_init_death(worker, requestor, how)
+                continue
+            if position > 0:
+                if requestor._init_error is not None:
+                    self._fail(requestor, index, requestor._init_error)
+                else:
+                    self._queue.push_front(requestor._lane, index, task)
+                continue
+            key = (requestor._lane, index)
+            tries = self._retries.get(key, 0)
+            if tries < self._retry_limit(requestor) and requestor._init_error is None:
+                self._retries[key] = tries + 1
+                self._queue.push_front(requestor._lane, index, task)
+            else:
+                self._retries.pop(key, None)
+                self._fail(requestor, index, TaskError(
+                    f"worker {worker.pid} {how} during task {index}"
+                    + (f" (after {tries} retries)" if tries else ""),
+                    task_id=index, phase="worker died", exc_type="WorkerDied",
+                    exception=WorkerDied(f"worker {worker.pid} {how}")))
+        if not self._closing and len(self._workers) < self.size:
+            try:
+                self._spawn()
+            except OSError:
+                pass  # the pool shrinks; the survivors keep serving
+
+    def _retry_limit(self, requestor: _Requestor) -> int:
+        return requestor.max_retries if requestor.max_retries is not None else self.max_retries
+
+    def _charge_init_death(self, worker: _Worker, requestor: _Requestor, how: str) -> None:
+        """A worker died inside a requestor's initializer: retry on another
+        worker within the retry bound, then fail the requestor's tasks."""
+        key = (requestor._lane, -1)
+        tries = self._retries.get(key, 0)
+        if tries < self._retry_limit(requestor):
+            self._retries[key] = tries + 1
+            return
+        self._fail_requestor_init(requestor, TaskError(
+            f"worker {worker.pid} {how} in the initializer", phase="initializer",
+            exc_type="WorkerDied", exception=WorkerDied(f"worker {worker.pid} {how}")))
+
+    # ------------------------------------------------------------ shutdown
+
+    def _teardown(self) -> None:
+        """Stop every worker and release everything (I/O thread or close)."""
+        for requestor in list(self._requestors.values()):
+            for index, _task in self._queue.remove_requestor(requestor._lane):
+                pass  # cancelled: the waiting caller sees PoolClosed
+            requestor._results.put(_CLOSED)
+        workers = list(self._workers.values())
+        for worker in workers:
+            if worker.chan is not None:
+                worker.chan.close()   # an owned worker exits on this EOF
+            if worker.ready_fd >= 0:
+                os.close(worker.ready_fd)
+                worker.ready_fd = -1
+        deadline = time.monotonic() + STOP_GRACE_S
+        for worker in workers:
+            try:
+                worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                worker.proc.terminate()
+        deadline = time.monotonic() + STOP_GRACE_S
+        for worker in workers:
+            try:
+                worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                worker.proc.kill()
+                worker.proc.wait()
+            if worker.proc.stderr is not None:
+                worker.proc.stderr.close()
+            try:
+                os.unlink(_runtime.socket_path(worker.pid, self._run_dir))
+            except FileNotFoundError:
+                pass
+        self._workers.clear()
+        self._fds.clear()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r = self._wake_w = -1
+
+
+class _InitRefused(Exception):
+    """init_data could not be pickled: the task is not sent."""
+
+
+@atexit.register
+def _close_live_pools() -> None:
+    # A pool left open at interpreter exit still stops its workers.
+    for pool in list(_live_pools):
+        pool.close()

@@ -59,16 +59,20 @@ def no_leaks():
         if not extra_children and not extra_files:
             break
         time.sleep(0.05)
-    extra_fds = {fd for fd in _open_fds() - fds
-                 if not os.readlink(f"/proc/self/fd/{fd}").startswith("/dev/")}
+    names = {}
+    for fd in _open_fds() - fds:
+        try:
+            names[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:
+            pass  # the fd that listed /proc/self/fd, closed since
+    extra_fds = {fd: name for fd, name in names.items() if not name.startswith("/dev/")}
     leftovers = []
     if extra_children:
         leftovers.append(f"child processes {sorted(extra_children)}")
     if extra_files:
         leftovers.append(f"socket files {sorted(extra_files)}")
     if extra_fds:
-        names = {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in extra_fds}
-        leftovers.append(f"open fds {names}")
+        leftovers.append(f"open fds {extra_fds}")
     assert not leftovers, "test leaked " + "; ".join(leftovers)
 
 

@@ -1,0 +1,69 @@
+"""Task functions for the built-in worker: importable by reference, so the
+worker process can unpickle them (tests/ is on the worker's sys.path)."""
+
+import os
+import signal
+import time
+
+_state = {"init": None, "init_calls": 0}
+
+
+def square(x):
+    return x * x
+
+
+def noop(*args):
+    return None
+
+
+def echo(x):
+    return x
+
+
+def whoami(x=None):
+    """(pid, x): which worker ran the task."""
+    return os.getpid(), x
+
+
+def set_init(value):
+    """Initializer: remember value (the requestor's init_data)."""
+    _state["init"] = value
+    _state["init_calls"] += 1
+
+
+def with_init(x):
+    """(init value held when the task ran, x, pid)."""
+    return _state["init"], x, os.getpid()
+
+
+def failing_init(value):
+    raise RuntimeError(f"cannot initialize with {value!r}")
+
+
+def fail_if(x, bad):
+    if x in bad:
+        raise ValueError(f"task {x} is bad")
+    return x
+
+
+def sleep_then(seconds, value=None):
+    time.sleep(seconds)
+    return value
+
+
+def die(code_or_signal="kill"):
+    if code_or_signal == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    os._exit(code_or_signal)
+
+
+def die_once(marker_path, value):
+    """Kill this worker the first time (marker absent), succeed on retry."""
+    if not os.path.exists(marker_path):
+        open(marker_path, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return value
+
+
+def return_exception(x):
+    return ValueError(f"returned, not raised: {x}")

@@ -1,0 +1,146 @@
+"""Pool: worker processes that serve requestors (Sprints and Batches) from
+one common queue. ``Pool()`` runs the built-in worker (a task is
+``(callable, *args)``); ``Pool('my_worker.py')`` runs a worker script."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import _tasks
+from swarm import PoolClosed, WorkerStartError
+from swarm.client import BatchManager, Pool, Sprint
+
+
+def test_pool_runs_plain_functions_on_the_built_in_worker():
+    with Pool(workers=2) as pool:
+        batch = BatchManager(pool, [(_tasks.square, i) for i in range(20)]).batch
+        batch.start()
+        assert batch.list_results() == [i * i for i in range(20)]
+
+
+def test_pool_starts_the_requested_number_of_workers_and_stops_them(run_dir):
+    with Pool(workers=3) as pool:
+        pids = pool.pids
+        assert len(pids) == 3
+        assert sorted(os.listdir(run_dir)) == sorted(f"{pid}.sock" for pid in pids)
+    assert os.listdir(run_dir) == []
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or \
+            open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_workers_default_to_usable_cpus():
+    with Pool() as pool:
+        assert len(pool.pids) == len(os.sched_getaffinity(0))
+
+
+def test_close_is_idempotent_and_the_closed_pool_refuses_work():
+    pool = Pool(workers=1)
+    pool.close()
+    pool.close()
+    with pytest.raises(PoolClosed):
+        pool.submit_sprint(Sprint())
+
+
+def test_pool_with_a_worker_script_resolves_a_relative_path(tmp_path, monkeypatch):
+    (tmp_path / "doubler.py").write_text(textwrap.dedent("""
+        from swarm.worker import run
+        if __name__ == "__main__":
+            run(task_processor=lambda x: 2 * x)
+    """))
+    monkeypatch.chdir(tmp_path)
+    with Pool("doubler.py", workers=2) as pool:
+        batch = BatchManager(pool, list(range(10))).batch  # non-tuple tasks: one argument
+        batch.start()
+        assert batch.list_results() == [2 * i for i in range(10)]
+
+
+def test_missing_script_is_a_clear_error_naming_it(tmp_path):
+    with pytest.raises(WorkerStartError, match="no_such_worker.py does not exist"):
+        Pool(str(tmp_path / "no_such_worker.py"), workers=2)
+
+
+def test_script_that_raises_at_import_shows_its_stderr(tmp_path):
+    script = tmp_path / "broken.py"
+    script.write_text("raise ImportError('numpy too old for this worker')\n")
+    start = time.monotonic()
+    with pytest.raises(WorkerStartError) as info:
+        Pool(str(script), workers=2)
+    assert time.monotonic() - start < 20
+    message = str(info.value)
+    assert "broken.py" in message
+    assert "numpy too old for this worker" in message
+
+
+def test_script_that_exits_without_serving_is_a_start_error(tmp_path):
+    script = tmp_path / "quitter.py"
+    script.write_text("import sys; sys.exit(3)\n")
+    with pytest.raises(WorkerStartError, match="exited with code 3"):
+        Pool(str(script), workers=1)
+
+
+def test_leaving_the_block_cancels_queued_tasks_and_stops_promptly():
+    start = time.monotonic()
+    with Pool(workers=2) as pool:
+        sprint = pool.submit_sprint(Sprint())
+        sprint.submit_tasks([(_tasks.sleep_then, 0.2)] * 200)
+    assert time.monotonic() - start < 10
+    with pytest.raises(PoolClosed):
+        list(sprint.yield_results())
+
+
+def test_exception_in_the_block_still_stops_every_worker(run_dir):
+    with pytest.raises(RuntimeError, match="user code failed"):
+        with Pool(workers=2) as pool:
+            pids = pool.pids
+            raise RuntimeError("user code failed")
+    assert os.listdir(run_dir) == []
+    assert all(not os.path.exists(f"/proc/{pid}/cmdline") or
+               open(f"/proc/{pid}/stat").read().split()[2] == "Z" for pid in pids)
+
+
+CTRL_C_CLIENT = """
+import os, signal, sys, time
+sys.path.insert(0, {tests!r})
+import _tasks
+from swarm.client import Pool, Sprint
+try:
+    with Pool(workers=2) as pool:
+        sprint = pool.submit_sprint(Sprint())
+        sprint.submit_tasks([(_tasks.sleep_then, 5)] * 4)
+        print(" ".join(map(str, pool.pids)), flush=True)
+        for _ in sprint.yield_results():
+            pass
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+@pytest.mark.parametrize("target", ["client", "group"])
+def test_ctrl_c_in_the_block_stops_the_pool_with_no_orphans(target, run_dir):
+    code = CTRL_C_CLIENT.format(tests=os.path.dirname(__file__))
+    client = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        pids = [int(p) for p in client.stdout.readline().split()]
+        assert len(pids) == 2
+        time.sleep(0.3)  # the workers are inside their tasks
+        if target == "client":
+            os.kill(client.pid, signal.SIGINT)
+        else:
+            os.killpg(client.pid, signal.SIGINT)
+        out, err = client.communicate(timeout=15)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert "interrupted" in out
+    assert "Traceback" not in err
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}")
+    assert os.listdir(run_dir) == []
