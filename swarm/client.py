@@ -649,6 +649,10 @@ class Pool:
             raise ValueError(f"workers must be an int >= 1, got {workers!r}")
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        if os.environ.get("SWARM_LOADING_MAIN"):
+            raise RuntimeError(
+                "a Pool was created while a worker imported the main script: "
+                "guard the pool with `if __name__ == '__main__':`")
         if script is not None:
             script = os.path.abspath(os.fspath(script))
             if not os.path.isfile(script):
@@ -664,7 +668,8 @@ class Pool:
         _runtime.remove_stale_sockets(self._run_dir)
         self._env = dict(os.environ, SWARM_PARENT_PID=str(os.getpid()),
                          SWARM_RUN_DIR=self._run_dir,
-                         SWARM_SYS_PATH=os.pathsep.join(p or os.getcwd() for p in sys.path))
+                         SWARM_SYS_PATH=os.pathsep.join(p or os.getcwd() for p in sys.path),
+                         **_main_module_env())
         self._queue = TaskQueue()
         self._workers: Dict[int, _Worker] = {}    # pid -> worker
         self._fds: Dict[int, Tuple[Callable[[_Worker], None], _Worker]] = {}
@@ -1195,6 +1200,19 @@ class Pool:
             except OSError:
                 pass
         self._wake_r = self._wake_w = -1
+
+
+def _main_module_env() -> Dict[str, str]:
+    """Tell the built-in worker where the client's __main__ comes from, so
+    functions defined there can be unpickled (see swarm.worker._LazyMain)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name and not spec.name.startswith("swarm."):
+        return {"SWARM_MAIN_MODULE": spec.name}
+    path = getattr(main, "__file__", None)
+    if path and path.endswith(".py") and os.path.isfile(path):
+        return {"SWARM_MAIN_PATH": os.path.abspath(path)}
+    return {}
 
 
 class _InitRefused(Exception):

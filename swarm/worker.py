@@ -36,6 +36,7 @@ is ``(callable, *args)`` and runs as ``callable(*args)``; init_data likewise.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 import pickle
 import select
@@ -46,6 +47,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 from typing import Any, Callable, Optional
 
 from swarm import _runtime
@@ -321,12 +323,61 @@ def _builtin_initializer(*init_data: Any) -> None:
         init_data[0](*init_data[1:])
 
 
+class _LazyMain(types.ModuleType):
+    """Stands in for ``__main__`` in the built-in worker.
+
+    A function defined in the client's main script pickles as
+    ``__main__.name``. The first such look-up runs that script here under
+    the name ``__swarm_main__`` (its ``if __name__ == "__main__":`` block
+    stays off, as with multiprocessing's spawn) and serves names from it.
+    Workers whose tasks never need it never pay for it.
+    """
+
+    def __init__(self, path: str, module_name: str) -> None:
+        super().__init__("__main__")
+        self._swarm_main_path = path
+        self._swarm_main_module = module_name
+        self._swarm_real = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_swarm_") or (name.startswith("__") and name.endswith("__")):
+            raise AttributeError(name)  # module dunders never load the script
+        if self._swarm_real is None:
+            self._swarm_real = _load_client_main(self._swarm_main_path,
+                                                 self._swarm_main_module)
+        return getattr(self._swarm_real, name)
+
+
+def _load_client_main(path: str, module_name: str) -> types.ModuleType:
+    if module_name:
+        spec = importlib.util.find_spec(module_name)
+    else:
+        spec = importlib.util.spec_from_file_location("__swarm_main__", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load the client's main module {module_name or path}")
+    module = importlib.util.module_from_spec(spec)
+    module.__name__ = "__swarm_main__"
+    sys.modules["__swarm_main__"] = module
+    # A Pool created by the script now would start workers recursively:
+    # Pool() checks this flag and refuses.
+    os.environ["SWARM_LOADING_MAIN"] = "1"
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del os.environ["SWARM_LOADING_MAIN"]
+    return module
+
+
 def _main() -> None:
     # Make the client's modules importable here, so that functions pickled
     # by reference (module + name) resolve as they do in the client.
     for entry in reversed(os.environ.get("SWARM_SYS_PATH", "").split(os.pathsep)):
         if entry and entry not in sys.path:
             sys.path.insert(0, entry)
+    main_path = os.environ.get("SWARM_MAIN_PATH", "")
+    main_module = os.environ.get("SWARM_MAIN_MODULE", "")
+    if main_path or main_module:
+        sys.modules["__main__"] = _LazyMain(main_path, main_module)
     run(task_processor=_call, initializer=_builtin_initializer)
 
 

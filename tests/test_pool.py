@@ -144,3 +144,47 @@ def test_ctrl_c_in_the_block_stops_the_pool_with_no_orphans(target, run_dir):
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}")
     assert os.listdir(run_dir) == []
+
+
+MAIN_SCRIPT = """
+import os
+from swarm.client import BatchManager, Pool
+
+def cube(x):
+    return x ** 3
+
+if __name__ == "__main__":
+    with Pool(workers=2) as pool:
+        print(BatchManager(pool, [(cube, i) for i in range(5)]).batch.list_results())
+"""
+
+UNGUARDED_SCRIPT = """
+from swarm.client import BatchManager, Pool
+
+def cube(x):
+    return x ** 3
+
+pool = Pool(workers=1)   # no __main__ guard: must not recurse in the worker
+try:
+    print(BatchManager(pool, [(cube, 2)]).batch.list_results(return_exceptions=True))
+finally:
+    pool.close()
+"""
+
+
+def test_functions_defined_in_the_main_script_run_on_the_built_in_worker(tmp_path):
+    script = tmp_path / "app.py"
+    script.write_text(MAIN_SCRIPT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[0, 1, 8, 27, 64]"
+
+
+def test_an_unguarded_pool_in_the_main_script_does_not_recurse(tmp_path):
+    script = tmp_path / "app.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "guard the pool" in out.stdout
