@@ -279,11 +279,16 @@ import threading
 import weakref
 from typing import Callable, Dict, Iterable, Iterator, List, Sequence
 
+from swarm import _scaling
 from swarm._core.reorder import ReorderBuffer
 from swarm._core.taskqueue import TaskQueue
 from swarm.errors import PoolClosed, WorkerStartError
 
 __all__ += ["Pool", "Sprint", "BatchManager", "Batch", "BatchError"]
+
+import logging
+
+log = logging.getLogger("swarm")
 
 # Work queued on one worker beyond the task it runs, in seconds of measured
 # task time: enough to cover a client<->worker round trip (~40 us) with
@@ -299,6 +304,11 @@ EWMA_ALPHA = 0.2
 STOP_GRACE_S = 2.0
 # Bytes of a worker's stderr kept for error messages.
 STDERR_TAIL = 8192
+# Period of the scaling / retirement / progress timer while any of them has
+# work, in seconds. Between ticks the I/O thread sleeps in poll().
+TICK_S = 0.05
+# Idle time after which a worker beyond the configured size retires.
+DEFAULT_IDLE_TIMEOUT_S = 5.0
 
 _CLOSED = object()       # result-queue sentinel: the pool shut down
 _live_pools: "weakref.WeakSet[Pool]" = weakref.WeakSet()
@@ -369,6 +379,13 @@ class _Requestor:
         self._init_error: Optional[TaskError] = None
         self.started_at: Optional[float] = None
         self.finished_at: Optional[float] = None
+        # Deadline scaling, written by the I/O thread.
+        self._times = _scaling.TaskTimes()
+        self.workers_launched = 0    # workers the pool started for this requestor
+        self.projected_finish: Optional[float] = None
+        self.saturated = False       # wanted more workers, but they would not help
+        self._next_step_at = 0.0     # monotonic time before which no new step
+        self._progress: Any = None   # a tqdm bar the I/O thread refreshes
 
     @property
     def stats(self) -> Dict[str, Any]:
@@ -386,9 +403,43 @@ class _Requestor:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "tta": self.tta,
+            "workers_launched": self.workers_launched,
+            "projected_finish": self.projected_finish,
+            "tta_met": self.tta_met,
+            "missed_by_s": self.missed_by_s,
+            "saturated": self.saturated,
         }
 
+    @property
+    def tta_met(self) -> Optional[bool]:
+        """True/False once finished with a tta; None while running or without one."""
+        if self.tta is None or self.finished_at is None:
+            return None
+        return self.finished_at <= self.tta
+
+    @property
+    def missed_by_s(self) -> Optional[float]:
+        """Seconds past the tta at the finish (0.0 when met), None if unknown."""
+        if self.tta is None or self.finished_at is None:
+            return None
+        return max(0.0, self.finished_at - self.tta)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.tasks_done + self.tasks_failed >= self._submitted
+
+    def _check_finished(self) -> None:
+        if self.tasks_done + self.tasks_failed == self._submitted:
+            self.finished_at = time.time()
+            self.projected_finish = self.finished_at
+            pool = self._pool
+            if isinstance(self, Batch) and pool is not None and self._progress is None:
+                # A finished batch gets no more work: the pool lets go of it.
+                pool._requestors.pop(self._lane, None)
+
     def _record_duration(self, seconds: float) -> None:
+        if self.tta is not None:
+            self._times.add(seconds)
         avg = self.task_time_s
         avg = seconds if avg == 0.0 else avg + EWMA_ALPHA * (seconds - avg)
         self.task_time_s = avg
@@ -403,6 +454,9 @@ class _Requestor:
             raise TimeoutError(f"no result within {timeout} s") from None
         if item is _CLOSED:
             self._results.put(_CLOSED)  # every later wait sees it too
+            fatal = self._pool._fatal if self._pool is not None else None
+            if fatal is not None:
+                raise PoolClosed(f"the pool stopped on an internal error: {fatal!r}") from fatal
             raise PoolClosed("the pool was closed before every result arrived")
         self._consumed += 1
         return item
@@ -462,24 +516,32 @@ class Sprint(_Requestor):
         return range(first, first + len(tasks))
 
     def yield_results(self, return_exceptions: bool = False,
-                      timeout: Optional[float] = None) -> Iterator[Tuple[int, Any]]:
+                      timeout: Optional[float] = None,
+                      progress: bool = False) -> Iterator[Tuple[int, Any]]:
         """Yield ``(task_id, result)`` as tasks finish.
 
         Ends once every task submitted so far has been yielded (tasks
         submitted while iterating are included). A failed task raises its
         TaskError, unless ``return_exceptions`` puts it in the result's
         place; the other results stay reachable by a later call.
-        ``timeout`` bounds each wait for the next result.
+        ``timeout`` bounds each wait for the next result. ``progress``
+        shows a tqdm bar while iterating (the ``swarm[progress]`` extra).
         """
         if self._pool is None:
             raise SwarmError("submit the sprint to a pool first (pool.submit_sprint)")
-        while self._consumed < self._submitted:
-            index, value = self._take(timeout)
-            if type(value) is _Failure:
-                if not return_exceptions:
-                    raise value.error
-                value = value.error
-            yield index, value
+        if progress and self._progress is None:
+            self._progress = _new_progress(self, "swarm sprint")
+        try:
+            while self._consumed < self._submitted:
+                index, value = self._take(timeout)
+                if type(value) is _Failure:
+                    if not return_exceptions:
+                        raise value.error
+                    value = value.error
+                yield index, value
+        finally:
+            if progress:
+                _close_progress(self)
 
 
 class Batch(_Requestor):
@@ -498,13 +560,26 @@ class Batch(_Requestor):
     def __repr__(self) -> str:
         return f"<swarm.Batch tasks={self._submitted} done={self.tasks_done}>"
 
-    def start(self, tta: Any = None) -> "Batch":
-        """Queue the batch's tasks on the pool; ``tta`` is the target time
-        of completion (epoch seconds) or None."""
+    def start(self, tta: Any = None, progress: bool = False) -> "Batch":
+        """Queue the batch's tasks on the pool.
+
+        Parameters
+        ----------
+        tta
+            Target time of completion, absolute epoch seconds (as
+            ``time.time()``), or None. When the batch is projected to miss
+            it, the pool launches workers for it (see Pool's max_workers).
+            A tta in the past is not an error: the batch runs at full speed
+            and its stats say by how much it missed.
+        progress
+            Show a tqdm progress bar (needs the ``swarm[progress]`` extra).
+        """
         tta = _validate_tta(tta)
         if self._pool is not None:
             raise SwarmError("this batch was already started")
         self.tta = tta
+        if progress:
+            self._progress = _new_progress(self, "swarm batch")
         pool = self._pool_for_start
         pool._attach_requestor(self)
         tasks, self._tasks = self._tasks, None
@@ -513,7 +588,8 @@ class Batch(_Requestor):
         return self
 
     def yield_results(self, return_exceptions: bool = False,
-                      timeout: Optional[float] = None) -> Iterator[Any]:
+                      timeout: Optional[float] = None,
+                      progress: bool = False) -> Iterator[Any]:
         """Yield results in task order as the completed prefix grows.
 
         Starts the batch (without tta) if it was not started. A failed task
@@ -522,7 +598,9 @@ class Batch(_Requestor):
         can resume after an error.
         """
         if self._pool is None:
-            self.start()
+            self.start(progress=progress)
+        elif progress and self._progress is None and not self.is_finished:
+            self._progress = _new_progress(self, "swarm batch")
         released = self._released
         position = 0
         while True:
@@ -579,7 +657,7 @@ class _Worker:
 
     __slots__ = ("proc", "pid", "chan", "ready_fd", "stderr_fd", "stderr_tail",
                  "requestor", "init_for", "init_failed", "inflight", "seq",
-                 "is_ready", "is_dead")
+                 "is_ready", "is_dead", "last_busy")
 
     def __init__(self, proc: subprocess.Popen, ready_fd: int) -> None:
         self.proc = proc
@@ -598,6 +676,7 @@ class _Worker:
         self.seq = 0
         self.is_ready = False
         self.is_dead = False
+        self.last_busy = time.monotonic()   # last send or reply, for retirement
 
     def exit_description(self) -> str:
         code = self.proc.poll()
@@ -623,6 +702,14 @@ class Pool:
         are ``(callable, *args)`` with the callable pickled by reference.
     workers
         Number of worker processes; default: the CPUs this process may use.
+        The pool keeps this size unless a requestor's tta needs more.
+    max_workers
+        Most workers the pool grows to for requestors behind their tta;
+        default: max(workers, 4 x usable CPUs). Growth also stops, before
+        that, when more workers stop raising throughput (saturation).
+    idle_timeout
+        Seconds after which a worker beyond ``workers`` that has nothing to
+        do retires.
     max_retries
         Times a task is retried when its worker dies under it (default 1).
     start_timeout
@@ -641,12 +728,20 @@ class Pool:
     """
 
     def __init__(self, script: Optional[str] = None, workers: Optional[int] = None, *,
+                 max_workers: Optional[int] = None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
                  max_retries: int = 1, start_timeout: float = 60.0,
                  max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        cores = len(os.sched_getaffinity(0))
         if workers is None:
-            workers = len(os.sched_getaffinity(0))
+            workers = cores
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+        if max_workers is None:
+            max_workers = max(workers, 4 * cores)
+        if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < workers:
+            raise ValueError(f"max_workers must be an int >= workers ({workers}), got {max_workers!r}")
+        if not isinstance(idle_timeout, (int, float)) or idle_timeout < 0:
+            raise ValueError(f"idle_timeout must be a number >= 0, got {idle_timeout!r}")
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
         if os.environ.get("SWARM_LOADING_MAIN"):
@@ -662,7 +757,17 @@ class Pool:
             self._argv = [sys.executable, "-m", "swarm.worker"]
         self.script = script
         self.size = workers
+        self.max_workers = max_workers
+        self.idle_timeout = idle_timeout
         self.max_retries = max_retries
+        self._cores = cores
+        # Deadline scaling state (I/O thread): pool-wide completion rate while
+        # a tta is active, the last growth step, and the saturation ceiling.
+        self._rate: Optional[_scaling.RateMeter] = None
+        self._step: Optional[Dict[str, Any]] = None  # the growth step being judged
+        self._saturated_at: Optional[int] = None
+        self._cpu: Optional[_scaling.CpuMeter] = None
+        self._retiring: List[_Worker] = []
         self.max_frame = max_frame
         self._run_dir = _runtime.run_dir()
         _runtime.remove_stale_sockets(self._run_dir)
@@ -674,8 +779,10 @@ class Pool:
         self._workers: Dict[int, _Worker] = {}    # pid -> worker
         self._fds: Dict[int, Tuple[Callable[[_Worker], None], _Worker]] = {}
         self._poller = select.poll()
-        self._requestors: Dict[int, _Requestor] = {}  # lane -> requestor
-        self._free_lanes: List[int] = []
+        # lane -> requestor, for requestors that may still have work. Lanes
+        # are never reused: a worker may still point at a finished requestor.
+        self._requestors: Dict[int, _Requestor] = {}
+        self._next_lane = 0
         self._retries: Dict[Tuple[int, int], int] = {}  # (lane, index) -> retries so far
         self._commands: "_queue.SimpleQueue[Any]" = _queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -753,6 +860,9 @@ class Pool:
     def _post(self, command: Tuple[Any, ...]) -> None:
         """Hand a command to the I/O thread and wake it."""
         if self._closed or (self._closing and command[0] != "stop"):
+            if self._fatal is not None:
+                raise PoolClosed(f"the pool stopped on an internal error: {self._fatal!r}") \
+                    from self._fatal
             raise PoolClosed("the pool is closed")
         self._commands.put(command)
         try:
@@ -762,7 +872,7 @@ class Pool:
 
     # ------------------------------------------------------------ start-up
 
-    def _spawn(self) -> _Worker:
+    def _spawn(self, for_requestor: Optional[_Requestor] = None) -> _Worker:
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         env = dict(self._env, SWARM_READY_FD=str(ready_w))
         try:
@@ -774,6 +884,10 @@ class Pool:
         finally:
             os.close(ready_w)
         worker = _Worker(proc, ready_r)
+        worker.requestor = for_requestor
+        if for_requestor is not None:
+            for_requestor.workers_assigned += 1
+            for_requestor.workers_launched += 1
         self._workers[worker.pid] = worker
         self._watch(ready_r, self._on_ready, worker)
         self._watch(worker.stderr_fd, self._on_stderr, worker)
@@ -832,6 +946,12 @@ class Pool:
             return
         worker.chan = Channel(sock.detach(), blocking=False, max_frame=self.max_frame)
         worker.is_ready = True
+        worker.last_busy = time.monotonic()
+        step = self._step
+        if step is not None and worker.pid in step["pending"]:
+            step["pending"].discard(worker.pid)
+            if not step["pending"]:
+                step["ready_at"] = time.monotonic()
         self._watch(worker.chan.fileno(), self._on_readable, worker)
 
     def _on_stderr(self, worker: _Worker) -> None:
@@ -856,10 +976,18 @@ class Pool:
     # ------------------------------------------------------------ I/O loop
 
     def _io_loop(self) -> None:
+        next_tick = 0.0
         try:
             while True:
                 self._dispatch()
-                for fd, _ in self._poller.poll():
+                timeout_ms = None
+                if self._needs_ticks():
+                    now = time.monotonic()
+                    if now >= next_tick:
+                        self._on_tick(now)
+                        next_tick = now + TICK_S
+                    timeout_ms = max(0.0, next_tick - now) * 1000
+                for fd, _ in self._poller.poll(timeout_ms):
                     if fd == self._wake_r:
                         if self._run_commands():
                             return
@@ -901,20 +1029,25 @@ class Pool:
                 return True
 
     def _on_attach(self, requestor: _Requestor) -> None:
-        lane = self._free_lanes.pop() if self._free_lanes else len(self._requestors)
+        lane = self._next_lane
+        self._next_lane += 1
         requestor._lane = lane
+        if isinstance(requestor, Batch) and requestor.is_finished:
+            return  # an empty batch: nothing will ever run for it
         self._requestors[lane] = requestor
-        # Fair share: idle workers of requestors holding more than theirs move
-        # to the newcomer; busy ones come to it through the fallback rule.
-        active = 1 + sum(1 for r in self._requestors.values()
-                         if r is not requestor and self._queue.count(r._lane))
-        share = max(1, self.size // active)
+        # Fair share among the requestors that may still get work: idle
+        # workers of requestors holding more than theirs (or of finished
+        # ones) move to the newcomer; busy ones reach it by the fallback rule.
+        live = sum(1 for r in self._requestors.values() if not r.is_finished or isinstance(r, Sprint))
+        share = max(1, len(self._workers) // max(1, live))
         for worker in self._workers.values():
             if requestor.workers_assigned >= share:
                 break
             owner = worker.requestor
+            if owner is requestor or worker.inflight:
+                continue
             if (owner is None or owner.workers_assigned > share
-                    or not self._queue.count(owner._lane)) and not worker.inflight:
+                    or (owner.is_finished and not isinstance(owner, Sprint))):
                 self._assign(worker, requestor)
 
     def _assign(self, worker: _Worker, requestor: _Requestor) -> None:
@@ -973,6 +1106,7 @@ class Pool:
             return
         worker.seq += 1
         worker.inflight.append((requestor, index, task))
+        worker.last_busy = time.monotonic()
 
     def _send_init(self, worker: _Worker, requestor: _Requestor, init_data: Any) -> None:
         try:
@@ -1015,6 +1149,8 @@ class Pool:
             while True:
                 frame = chan.read_frame()
                 if frame is None:
+                    if not inflight:
+                        worker.last_busy = time.monotonic()
                     return
                 kind, seq, aux, body, buffers = frame
                 requestor, index, _task = inflight.popleft()
@@ -1022,6 +1158,10 @@ class Pool:
                     self._on_init_reply(worker, requestor, kind, body, buffers)
                     continue
                 requestor._record_duration(aux * 1e-9)
+                if self._retries:
+                    self._retries.pop((requestor._lane, index), None)
+                if self._rate is not None:
+                    self._rate.tick(time.monotonic())
                 if kind == KIND_RESULT:
                     try:
                         value = pickle.loads(body, buffers=buffers)
@@ -1034,8 +1174,7 @@ class Pool:
                         continue
                     requestor.tasks_done += 1
                     requestor._results.put((index, value))
-                    if requestor.tasks_done + requestor.tasks_failed == requestor._submitted:
-                        requestor.finished_at = time.time()
+                    requestor._check_finished()
                 elif requestor._init_error is not None:
                     # Refused by a worker whose initializer failed: report
                     # the cause, not the refusal.
@@ -1071,8 +1210,127 @@ class Pool:
                               exception=error.exception)
         requestor.tasks_failed += 1
         requestor._results.put((index, _Failure(error)))
-        if requestor.tasks_done + requestor.tasks_failed == requestor._submitted:
-            requestor.finished_at = time.time()
+        requestor._check_finished()
+
+    # ------------------------------------------------------------ timer
+
+    def _needs_ticks(self) -> bool:
+        if self._retiring or len(self._workers) > self.size:
+            return True
+        for r in self._requestors.values():
+            if r._progress is not None or (r.tta is not None and not r.is_finished):
+                return True
+        return False
+
+    def _on_tick(self, now: float) -> None:
+        self._reap_retired()
+        self._scale(now)
+        self._retire_idle(now)
+        for lane, r in list(self._requestors.items()):
+            if r._progress is not None:
+                _refresh_progress(r)
+                if isinstance(r, Batch) and r.is_finished:
+                    del self._requestors[lane]  # its bar is closed: let go
+
+    def _scale(self, now: float) -> None:
+        """Launch workers for requestors projected to miss their tta."""
+        behind = [r for r in self._requestors.values()
+                  if r.tta is not None and not r.is_finished and r._init_error is None]
+        if not behind:
+            self._rate = None
+            self._step = None
+            return
+        if self._rate is None:
+            self._rate = _scaling.RateMeter()
+            self._cpu = _scaling.CpuMeter()
+        self._cpu.sample()
+        live = len(self._workers)
+        step = self._step
+        if step is not None:
+            ready_at = step.get("ready_at")
+            if ready_at is None or now < ready_at + step["window"]:
+                return  # the last step is still starting or settling
+            self._step = None
+            after = self._rate.rate(ready_at, now)
+            if (step["rate_before"] is not None and after is not None
+                    and _scaling.is_saturated(step["rate_before"], step["workers_before"],
+                                              after, live)):
+                self._saturated_at = live
+                log.info("more workers stopped helping at %d workers "
+                         "(%.1f -> %.1f tasks/s); growth stops", live,
+                         step["rate_before"], after)
+        ceiling = self.max_workers if self._saturated_at is None else self._saturated_at
+        wall = time.time()
+        for r in sorted(behind, key=lambda r: r.tta):
+            task_s = r._times.estimate()
+            if task_s is None:
+                continue
+            remaining = r._submitted - r.tasks_done - r.tasks_failed
+            have = max(1, r.workers_assigned)
+            r.projected_finish = _scaling.projected_finish(wall, remaining, task_s, have)
+            if r.projected_finish <= r.tta or now < r._next_step_at:
+                continue
+            if self._cpu.busy is None and _scaling.CpuMeter._read() is not None:
+                continue  # no CPU reading yet: judge on the next tick
+            if live >= ceiling or self._cpu.is_saturated:
+                r.saturated = self._saturated_at is not None or self._cpu.is_saturated
+                continue
+            needed = _scaling.workers_needed(wall, r.tta, remaining, task_s, ceiling)
+            add = min(needed - have, ceiling - live, remaining - have)
+            if add <= 0:
+                continue
+            window = max(_scaling.SETTLE_S, _scaling.SETTLE_TASKS * task_s)
+            pids = set()
+            for _ in range(add):
+                try:
+                    pids.add(self._spawn(r).pid)
+                except OSError as exc:
+                    log.warning("could not launch a worker: %s", exc)
+                    break
+            log.info("requestor %d projected to finish %.2f s after its tta: "
+                     "launched %d workers (%d -> %d)", r._lane,
+                     r.projected_finish - r.tta, len(pids), live, live + len(pids))
+            self._step = {"pending": pids, "ready_at": None, "window": window,
+                          "rate_before": self._rate.rate(now - window, now),
+                          "workers_before": live}
+            r._next_step_at = now + window
+            return  # one step at a time, so its effect can be judged
+
+    def _retire_idle(self, now: float) -> None:
+        """Workers beyond the configured size that sat idle retire."""
+        if len(self._workers) <= self.size or len(self._queue):
+            return
+        for worker in list(self._workers.values()):
+            if len(self._workers) <= self.size:
+                break
+            if (worker.is_ready and not worker.inflight and not worker.chan.pending
+                    and now - worker.last_busy >= self.idle_timeout):
+                self._retire(worker)
+
+    def _retire(self, worker: _Worker) -> None:
+        # Closing the connection is the owned worker's signal to exit; it
+        # removes its own socket file. Reaped on a later tick.
+        worker.is_dead = True
+        self._unwatch(worker.chan.fileno())
+        worker.chan.close()
+        if worker.requestor is not None:
+            worker.requestor.workers_assigned -= 1
+            worker.requestor = None
+        del self._workers[worker.pid]
+        self._retiring.append(worker)
+
+    def _reap_retired(self) -> None:
+        for worker in list(self._retiring):
+            if worker.proc.poll() is None:
+                continue
+            self._retiring.remove(worker)
+            self._drain_stderr(worker)
+            if worker.proc.stderr is not None:
+                worker.proc.stderr.close()
+            try:
+                os.unlink(_runtime.socket_path(worker.pid, self._run_dir))
+            except FileNotFoundError:
+                pass
 
     # ------------------------------------------------------------ deaths
 
@@ -1110,6 +1368,13 @@ class Pool:
         worker.inflight.clear()
         self._reap(worker)
         how = worker.exit_description()
+        # Replace it before reporting anything, so that a caller woken by
+        # the report already sees the pool at its size.
+        if not self._closing and len(self._workers) < self.size:
+            try:
+                self._spawn()
+            except OSError:
+                pass  # the pool shrinks; the survivors keep serving
         # The worker runs frames in order: only the first unanswered one had
         # started, so only it is charged a retry; the frames queued behind it
         # go back untouched (first in flight first, at the head).
@@ -1137,11 +1402,6 @@ class Pool:
                     + (f" (after {tries} retries)" if tries else ""),
                     task_id=index, phase="worker died", exc_type="WorkerDied",
                     exception=WorkerDied(f"worker {worker.pid} {how}")))
-        if not self._closing and len(self._workers) < self.size:
-            try:
-                self._spawn()
-            except OSError:
-                pass  # the pool shrinks; the survivors keep serving
 
     def _retry_limit(self, requestor: _Requestor) -> int:
         return requestor.max_retries if requestor.max_retries is not None else self.max_retries
@@ -1166,7 +1426,10 @@ class Pool:
             for index, _task in self._queue.remove_requestor(requestor._lane):
                 pass  # cancelled: the waiting caller sees PoolClosed
             requestor._results.put(_CLOSED)
-        workers = list(self._workers.values())
+            if requestor._progress is not None:
+                _close_progress(requestor)
+        workers = list(self._workers.values()) + self._retiring
+        self._retiring = []
         for worker in workers:
             if worker.chan is not None:
                 worker.chan.close()   # an owned worker exits on this EOF
@@ -1200,6 +1463,44 @@ class Pool:
             except OSError:
                 pass
         self._wake_r = self._wake_w = -1
+
+
+def _new_progress(requestor: _Requestor, desc: str) -> Any:
+    """A tqdm bar for a requestor (tqdm is the optional 'progress' extra)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        raise ImportError("progress=True needs tqdm: pip install 'swarm[progress]'") from None
+    return tqdm(total=requestor._submitted, desc=desc, unit="task", dynamic_ncols=True,
+                leave=True)
+
+
+def _refresh_progress(requestor: _Requestor) -> None:
+    """Called on the I/O thread's timer: tasks done, workers, projection vs tta."""
+    bar = requestor._progress
+    if bar is None:
+        return
+    bar.total = requestor._submitted
+    bar.n = requestor.tasks_done + requestor.tasks_failed
+    parts = [f"workers={requestor.workers_assigned}"]
+    if requestor.tta is not None:
+        now = time.time()
+        if requestor.projected_finish is not None and not requestor.is_finished:
+            parts.append(f"finish in {max(0.0, requestor.projected_finish - now):.1f}s")
+        parts.append(f"tta in {requestor.tta - now:.1f}s")
+    if requestor.saturated:
+        parts.append("saturated")
+    bar.set_postfix_str(" ".join(parts), refresh=False)
+    bar.refresh()
+    if isinstance(requestor, Batch) and requestor.is_finished:
+        _close_progress(requestor)
+
+
+def _close_progress(requestor: _Requestor) -> None:
+    bar, requestor._progress = requestor._progress, None
+    if bar is not None:
+        bar.n = requestor.tasks_done + requestor.tasks_failed
+        bar.close()
 
 
 def _main_module_env() -> Dict[str, str]:

@@ -14,7 +14,7 @@ It listens on ``<run dir>/<pid>.sock`` (see ``swarm._runtime``) and answers
 two kinds of frames:
 
 - ``initialize``: ``initializer(*init_data)`` (a no-op without an
-  initializer). If it raises, the worker reports the error and refuses tasks
+  initializer, or when init_data is None). If it raises, the worker reports the error and refuses tasks
   until a later initialize succeeds, so no task runs on half-initialized
   state.
 - ``task``: ``task_processor(*task)`` for a tuple, ``task_processor(task)``
@@ -288,7 +288,10 @@ class _Worker:
             self.is_initialized = False
             return self._reply_error(chan, task_id, start, "init_data unpickling in the worker", exc)
         try:
-            if self.initializer is not None:
+            # None: no init data. Nothing to call, but it clears the state of
+            # an earlier failed initializer (the pool sends it before a task
+            # of a requestor without init_data).
+            if self.initializer is not None and init_data is not None:
                 if type(init_data) is tuple:
                     self.initializer(*init_data)
                 else:

@@ -67,3 +67,12 @@ def die_once(marker_path, value):
 
 def return_exception(x):
     return ValueError(f"returned, not raised: {x}")
+
+
+def spin(seconds):
+    """CPU-bound: burn one core for about `seconds`."""
+    end = time.process_time() + seconds
+    n = 0
+    while time.process_time() < end:
+        n += 1
+    return n

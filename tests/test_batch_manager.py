@@ -126,17 +126,20 @@ def test_two_batches_and_a_sprint_with_different_init_data_do_not_cross(tmp_path
             assert tag == "S" and x == ("s", task_id)
 
 
-def test_affinity_keeps_init_switches_rare_with_interleaved_requestors(tmp_path):
-    script = tmp_path / "tagger.py"
-    script.write_text(textwrap.dedent(INIT_WORKER))
-    with Pool(str(script), workers=2) as pool:
-        sprints = [pool.submit_sprint(Sprint(init_data=(tag,))) for tag in "XY"]
-        for i in range(100):  # interleaved in the common queue: X, Y, X, Y, ...
+def test_affinity_keeps_init_switches_rare_with_interleaved_requestors():
+    with Pool(workers=2) as pool:
+        sprints = [pool.submit_sprint(Sprint(init_data=(_tasks.set_init, tag))) for tag in "XY"]
+        # Each worker is busy with its own requestor's first task while the
+        # rest is queued interleaved: X, Y, X, Y, ...
+        for sprint in sprints:
+            sprint.submit_tasks([(_tasks.sleep_then, 0.5, None)])
+        for i in range(100):
             for sprint in sprints:
-                sprint.submit_tasks([i])
+                sprint.submit_tasks([(_tasks.with_init, i)])
         for tag, sprint in zip("XY", sprints):
-            assert {t for _, (t, _, _) in sprint.yield_results(timeout=30)} == {tag}
+            results = [r for _, r in sprint.yield_results(timeout=30) if r is not None]
+            assert {init for init, _, _ in results} == {tag}
         switches = sum(s.stats["init_switches"] for s in sprints)
         # 200 interleaved tasks on 2 workers: without affinity nearly every
         # task would switch; with it, each worker keeps to its requestor.
-        assert switches <= 10, [s.stats for s in sprints]
+        assert switches <= 4, [s.stats for s in sprints]

@@ -1,0 +1,150 @@
+"""Deadline policy: estimate a requestor's task time, project its finish,
+and decide how many workers to add. Pure Python, no I/O: the pool's I/O
+thread calls it on a timer and does the launching.
+
+How it decides (per requestor with a tta, tightest tta first):
+
+- Task time is a winsorized mean of the last WINDOW durations measured in
+  the workers: a sample above OUTLIER_FACTOR x the median counts as that
+  bound, so one slow first task (imports, cold caches) cannot inflate the
+  estimate, while the long tail of a skewed workload still counts.
+- Projected finish = now + remaining tasks x task time / workers + one
+  task time (the last task's tail).
+- Workers needed = remaining work / (time left x SAFETY - START_S). When
+  that exceeds what the requestor has, the pool launches the difference in
+  one step, then waits SETTLE for the new workers' effect before the next.
+- Saturation, two signals. Before a step: if the machine's CPUs are already
+  BUSY_SATURATED busy (from /proc/stat), another process cannot run any
+  faster, so none is launched. After a step settles: if the pool's
+  completion rate grew by less than SATURATION_GAIN of what the added
+  workers should have brought, growth stops at that size. Either way the
+  requestor's stats say "saturated" instead of processes piling up.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import statistics
+from typing import Deque, Optional
+
+# Durations kept per requestor for its task-time estimate.
+WINDOW = 64
+# Samples above this multiple of the median count as this multiple.
+OUTLIER_FACTOR = 10.0
+# Plan to finish within this share of the time left: margin for the noise
+# of a shared machine and for the tail of a skewed batch.
+SAFETY = 0.85
+# Time a new worker takes to start serving, in seconds (interpreter start +
+# imports); counted against the time it can contribute.
+START_S = 0.15
+# After a step, wait this long (and at least SETTLE_TASKS task times) before
+# judging its effect or taking another step.
+SETTLE_S = 0.3
+SETTLE_TASKS = 4
+# A step that brings less than this share of its proportional gain in
+# completion rate marks the pool as saturated.
+SATURATION_GAIN = 0.25
+
+
+class TaskTimes:
+    """Recent task durations of one requestor and the estimate from them."""
+
+    def __init__(self) -> None:
+        self._durations: Deque[float] = collections.deque(maxlen=WINDOW)
+        self._estimate: Optional[float] = None
+
+    def add(self, seconds: float) -> None:
+        self._durations.append(seconds)
+        self._estimate = None
+
+    @property
+    def count(self) -> int:
+        return len(self._durations)
+
+    def estimate(self) -> Optional[float]:
+        """Winsorized mean task time in seconds; None before any sample."""
+        if self._estimate is None and self._durations:
+            cap = OUTLIER_FACTOR * statistics.median(self._durations)
+            self._estimate = sum(min(d, cap) for d in self._durations) / len(self._durations)
+        return self._estimate
+
+
+def projected_finish(now: float, remaining: int, task_s: float, workers: int) -> float:
+    """Epoch seconds at which `remaining` tasks end on `workers` workers."""
+    if remaining <= 0:
+        return now
+    return now + remaining * task_s / max(1, workers) + task_s
+
+
+def workers_needed(now: float, tta: float, remaining: int, task_s: float,
+                   max_workers: int) -> int:
+    """Workers that finish `remaining` tasks by tta, within max_workers."""
+    usable = (tta - now) * SAFETY - START_S
+    if usable <= task_s:
+        return max_workers  # late or nearly: run at full speed
+    return min(max_workers, max(1, math.ceil(remaining * task_s / usable)))
+
+
+class RateMeter:
+    """Completions per second over a sliding window (pool-wide)."""
+
+    def __init__(self, maxlen: int = 4096) -> None:
+        self._times: Deque[float] = collections.deque(maxlen=maxlen)
+
+    def tick(self, when: float) -> None:
+        self._times.append(when)
+
+    def rate(self, since: float, until: float) -> Optional[float]:
+        """Completions per second in [since, until]; None if too few."""
+        if until <= since:
+            return None
+        n = sum(1 for t in self._times if since <= t <= until)
+        if n < SETTLE_TASKS:
+            return None
+        return n / (until - since)
+
+
+def is_saturated(rate_before: float, workers_before: int, rate_after: float,
+                 workers_after: int) -> bool:
+    """True if adding workers raised the rate by too little to be worth it."""
+    if workers_after <= workers_before or rate_before <= 0:
+        return False
+    expected_gain = rate_before * (workers_after - workers_before) / workers_before
+    return rate_after - rate_before < SATURATION_GAIN * expected_gain
+
+
+# Share of all CPUs busy (any process) at which the machine counts as
+# saturated: a new worker would only share cores with the ones running.
+BUSY_SATURATED = 0.9
+
+
+class CpuMeter:
+    """Machine-wide CPU busy share between successive samples (/proc/stat)."""
+
+    def __init__(self) -> None:
+        self._last = self._read()
+        self.busy: Optional[float] = None   # share in [0, 1] over the last interval
+
+    @staticmethod
+    def _read() -> Optional[tuple]:
+        try:
+            with open("/proc/stat", "rb") as f:
+                fields = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None  # not Linux: the throughput check still works
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields), idle
+
+    def sample(self) -> Optional[float]:
+        now = self._read()
+        if now is not None and self._last is not None:
+            total = now[0] - self._last[0]
+            if total > 0:
+                self.busy = 1.0 - (now[1] - self._last[1]) / total
+        self._last = now
+        return self.busy
+
+    @property
+    def is_saturated(self) -> bool:
+        return self.busy is not None and self.busy >= BUSY_SATURATED
