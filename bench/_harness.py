@@ -1,0 +1,251 @@
+"""Shared helpers for the scripts in bench/.
+
+- ``parse_args``: the common ``--quick`` / ``--json`` / ``--pin`` flags (and
+  a script's own, through ``configure``);
+  ``Placement`` applies ``--pin`` (CPU affinity of this process and its
+  children).
+- ``measure``: median-of-repeats timing. Every case is warmed up first; the
+  repeats are interleaved across cases (repeat r runs all cases, in an order
+  rotated by r) so that machine noise hits every case alike; the garbage
+  collector is off while a case is timed (as in ``timeit``).
+- ``environment`` / ``print_header``: Python, numpy, swarm versions, CPU count.
+- ``print_table``: a plain-text table; ``ratio`` for the "peer / swarm" column.
+- ``Check`` / ``print_checks``: informational PASS/FAIL lines (never an exit
+  status).
+- ``emit_json``: the machine-readable form of a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+__all__ = ["Stats", "Check", "Placement", "parse_args", "measure", "environment", "print_header",
+           "print_table", "ratio", "print_checks", "emit_json", "package_version"]
+
+
+def parse_args(description: str, argv: Optional[Sequence[str]] = None,
+               configure: Optional[Callable[[argparse.ArgumentParser], None]] = None
+               ) -> argparse.Namespace:
+    """Parse the common flags; ``configure(parser)``, if given, adds a
+    script's own flags first."""
+    parser = argparse.ArgumentParser(description=description)
+    if configure is not None:
+        configure(parser)
+    parser.add_argument("--quick", action="store_true",
+                        help="few repeats and iterations: a smoke run of a few seconds (CI)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON document on stdout instead of the tables")
+    parser.add_argument("--pin", choices=("none", "same", "split"), default="none",
+                        help="CPU placement (Linux): none = leave it to the scheduler "
+                             "(default); same = this process and every child on one CPU; "
+                             "split = this process on one CPU, the children on another")
+    return parser.parse_args(argv)
+
+
+class Placement:
+    """Pins this process and the children it starts, per ``--pin``.
+
+    Call ``before_children()`` before starting children (they inherit the
+    affinity) and ``after_children()`` once they are all started.
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.parent_cpus = self.child_cpus = None
+        if mode == "none":
+            return
+        if not hasattr(os, "sched_setaffinity"):
+            raise SystemExit(f"--pin {mode}: CPU affinity is not supported on this platform")
+        cpus = sorted(os.sched_getaffinity(0))
+        if mode == "same":
+            self.parent_cpus = self.child_cpus = {cpus[0]}
+        else:
+            if len(cpus) < 2:
+                raise SystemExit("--pin split needs at least 2 usable CPUs")
+            self.parent_cpus, self.child_cpus = {cpus[0]}, {cpus[1]}
+
+    def before_children(self) -> None:
+        if self.child_cpus is not None:
+            os.sched_setaffinity(0, self.child_cpus)
+
+    def after_children(self) -> None:
+        if self.parent_cpus is not None:
+            os.sched_setaffinity(0, self.parent_cpus)
+
+    def describe(self) -> str:
+        if self.mode == "none":
+            return "none (scheduler's choice; client and worker may share a CPU or not)"
+        return (f"{self.mode}: this process on CPU {sorted(self.parent_cpus)}, "
+                f"children on CPU {sorted(self.child_cpus)}")
+
+
+@dataclass
+class Stats:
+    """Per-operation times (seconds) of one case, one sample per repeat."""
+
+    samples: List[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def min(self) -> float:
+        return min(self.samples)
+
+    @property
+    def max(self) -> float:
+        return max(self.samples)
+
+    def as_dict(self) -> dict:
+        return {"median_s": self.median, "min_s": self.min, "max_s": self.max,
+                "samples_s": list(self.samples)}
+
+
+def measure(cases: Dict[str, Callable[[int], Any]], *, repeats: int, number: int,
+            warmup: int, check: Optional[Callable[[str, int, Any], None]] = None
+            ) -> Dict[str, Stats]:
+    """Time ``fn(number)`` for each case ``repeats`` times.
+
+    ``fn(n)`` must perform ``n`` operations; each sample is the time of one
+    call divided by ``number`` (seconds per operation). Each case first runs
+    ``fn(warmup)`` untimed. If given, ``check(name, n, value)`` is called
+    with what every call (warm-up included) returned, after the clock has
+    stopped; it should raise if the value is wrong.
+    """
+    for name, fn in cases.items():
+        value = fn(warmup)
+        if check is not None:
+            check(name, warmup, value)
+        del value
+    names = list(cases)
+    stats = {name: Stats() for name in names}
+    gc_was_enabled = gc.isenabled()
+    try:
+        for r in range(repeats):
+            k = r % len(names)
+            for name in names[k:] + names[:k]:
+                fn = cases[name]
+                gc.collect()
+                gc.disable()
+                t0 = time.perf_counter()
+                value = fn(number)
+                elapsed = time.perf_counter() - t0
+                if gc_was_enabled:
+                    gc.enable()
+                stats[name].samples.append(elapsed / number)
+                if check is not None:
+                    check(name, number, value)
+                del value
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return stats
+
+
+def _version(module_name: str) -> str:
+    try:
+        module = __import__(module_name)
+    except ImportError:
+        return "not installed"
+    version = getattr(module, "__version__", None)
+    if version is None:
+        try:
+            from importlib.metadata import version as dist_version
+            version = dist_version(module_name)
+        except Exception:
+            version = "unknown"
+    return version
+
+
+def package_version(module_name: str) -> str:
+    """A module's version, or "not installed"."""
+    return _version(module_name)
+
+
+def environment() -> dict:
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = None
+    return {
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "python_executable": sys.executable,
+        "numpy": _version("numpy"),
+        "swarm": _version("swarm"),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+    }
+
+
+def print_header(title: str, env: dict, notes: Sequence[str] = ()) -> None:
+    print(title)
+    print("=" * len(title))
+    print(f"python      {env['python']} ({env['python_executable']})")
+    print(f"numpy       {env['numpy']}")
+    print(f"swarm       {env['swarm']}")
+    cpus = f"{env['cpu_count']}"
+    if env.get("cpus_usable") not in (None, env["cpu_count"]):
+        cpus += f" ({env['cpus_usable']} usable by this process)"
+    print(f"cpu_count   {cpus}")
+    print(f"platform    {env['platform']}")
+    for note in notes:
+        print(note)
+    print()
+
+
+def ratio(peer: float, base: float) -> float:
+    """``peer / base`` in time: > 1 means the base (swarm) is faster."""
+    return peer / base if base > 0 else float("inf")
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Print a table; the first column is left-aligned, the others right-aligned."""
+    widths = [max(len(str(h)), *(len(str(row[i])) for row in rows))
+              for i, h in enumerate(headers)]
+
+    def line(cells):
+        out = []
+        for i, (cell, width) in enumerate(zip(cells, widths)):
+            out.append(str(cell).ljust(width) if i == 0 else str(cell).rjust(width))
+        return "  ".join(out).rstrip()
+
+    print(title)
+    print(line(headers))
+    print(line("-" * w for w in widths))
+    for row in rows:
+        print(line(row))
+    print()
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "passed": self.passed, "detail": self.detail}
+
+
+def print_checks(checks: Sequence[Check]) -> None:
+    print("Checks (informational; the exit status does not depend on them)")
+    width = max(len(c.name) for c in checks)
+    for c in checks:
+        print(f"  [{'PASS' if c.passed else 'FAIL'}] {c.name.ljust(width)}  {c.detail}")
+
+
+def emit_json(document: dict) -> None:
+    json.dump(document, sys.stdout, indent=2)
+    sys.stdout.write("\n")
