@@ -6,8 +6,10 @@ How it decides (per requestor with a tta, tightest tta first):
 
 - Task time is a winsorized mean of the last WINDOW durations measured in
   the workers: a sample above OUTLIER_FACTOR x the median counts as that
-  bound, so one slow first task (imports, cold caches) cannot inflate the
-  estimate, while the long tail of a skewed workload still counts.
+  bound, and the first task of a fresh worker process (imports, cold
+  caches) counts only while nothing else is known. So a slow first task
+  cannot inflate the estimate, while the long tail of a skewed workload
+  still counts. No step is taken on fewer than MIN_SAMPLES samples.
 - Projected finish = now + remaining tasks x task time / workers + one
   task time (the last task's tail).
 - Workers needed = remaining work / (time left x SAFETY - START_S). When
@@ -32,6 +34,8 @@ from typing import Deque, Optional
 WINDOW = 64
 # Samples above this multiple of the median count as this multiple.
 OUTLIER_FACTOR = 10.0
+# Samples a requestor needs before the pool scales for it.
+MIN_SAMPLES = 2
 # Plan to finish within this share of the time left: margin for the noise
 # of a shared machine and for the tail of a skewed batch.
 SAFETY = 0.85
@@ -52,21 +56,25 @@ class TaskTimes:
 
     def __init__(self) -> None:
         self._durations: Deque[float] = collections.deque(maxlen=WINDOW)
+        self._warmups: Deque[float] = collections.deque(maxlen=WINDOW)
         self._estimate: Optional[float] = None
 
-    def add(self, seconds: float) -> None:
-        self._durations.append(seconds)
+    def add(self, seconds: float, is_warmup: bool = False) -> None:
+        """Record a task duration; is_warmup: a fresh worker's first task."""
+        (self._warmups if is_warmup else self._durations).append(seconds)
         self._estimate = None
 
     @property
     def count(self) -> int:
-        return len(self._durations)
+        return len(self._durations) + len(self._warmups)
 
     def estimate(self) -> Optional[float]:
         """Winsorized mean task time in seconds; None before any sample."""
-        if self._estimate is None and self._durations:
-            cap = OUTLIER_FACTOR * statistics.median(self._durations)
-            self._estimate = sum(min(d, cap) for d in self._durations) / len(self._durations)
+        if self._estimate is None:
+            samples = self._durations or self._warmups
+            if samples:
+                cap = OUTLIER_FACTOR * statistics.median(samples)
+                self._estimate = sum(min(d, cap) for d in samples) / len(samples)
         return self._estimate
 
 

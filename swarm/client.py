@@ -437,9 +437,9 @@ class _Requestor:
                 # A finished batch gets no more work: the pool lets go of it.
                 pool._requestors.pop(self._lane, None)
 
-    def _record_duration(self, seconds: float) -> None:
+    def _record_duration(self, seconds: float, is_warmup: bool) -> None:
         if self.tta is not None:
-            self._times.add(seconds)
+            self._times.add(seconds, is_warmup)
         avg = self.task_time_s
         avg = seconds if avg == 0.0 else avg + EWMA_ALPHA * (seconds - avg)
         self.task_time_s = avg
@@ -657,7 +657,7 @@ class _Worker:
 
     __slots__ = ("proc", "pid", "chan", "ready_fd", "stderr_fd", "stderr_tail",
                  "requestor", "init_for", "init_failed", "inflight", "seq",
-                 "is_ready", "is_dead", "last_busy")
+                 "is_ready", "is_dead", "last_busy", "is_fresh")
 
     def __init__(self, proc: subprocess.Popen, ready_fd: int) -> None:
         self.proc = proc
@@ -677,6 +677,7 @@ class _Worker:
         self.is_ready = False
         self.is_dead = False
         self.last_busy = time.monotonic()   # last send or reply, for retirement
+        self.is_fresh = True                # no task answered yet (warm-up)
 
     def exit_description(self) -> str:
         code = self.proc.poll()
@@ -1157,7 +1158,8 @@ class Pool:
                 if index < 0:
                     self._on_init_reply(worker, requestor, kind, body, buffers)
                     continue
-                requestor._record_duration(aux * 1e-9)
+                requestor._record_duration(aux * 1e-9, worker.is_fresh)
+                worker.is_fresh = False
                 if self._retries:
                     self._retries.pop((requestor._lane, index), None)
                 if self._rate is not None:
@@ -1262,9 +1264,9 @@ class Pool:
         ceiling = self.max_workers if self._saturated_at is None else self._saturated_at
         wall = time.time()
         for r in sorted(behind, key=lambda r: r.tta):
-            task_s = r._times.estimate()
-            if task_s is None:
+            if r._times.count < _scaling.MIN_SAMPLES:
                 continue
+            task_s = r._times.estimate()
             remaining = r._submitted - r.tasks_done - r.tasks_failed
             have = max(1, r.workers_assigned)
             r.projected_finish = _scaling.projected_finish(wall, remaining, task_s, have)
