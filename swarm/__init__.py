@@ -7,6 +7,16 @@ and ``swarm.worker`` (run).
 """
 
 from swarm._version import __version__
+
+try:
+    from swarm._core import frame as _frame  # noqa: F401
+except ImportError as exc:  # pragma: no cover - only without a build
+    raise ImportError(
+        "swarm's compiled core (swarm._core) is not built. Install the package "
+        "(pip install .) or, in a source checkout, build it in place "
+        "(pip install -e . or python setup.py build_ext --inplace). If you are "
+        "running tests from a source checkout, run `pytest`, not `python -m "
+        "pytest`: the latter imports the unbuilt source tree.") from exc
 from swarm.errors import (PeerClosed, PoolClosed, ProtocolError, RemoteTraceback,
                           SwarmError, TaskError, WorkerDied, WorkerNotFound,
                           WorkerStartError)
