@@ -13,23 +13,30 @@
 - ``Check`` / ``print_checks``: informational PASS/FAIL lines (never an exit
   status).
 - ``emit_json``: the machine-readable form of a run.
+- ``descendants`` / ``start_watchdog``: a hung run dumps its stacks, kills
+  this process's descendant processes (pool workers) and exits 3.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import gc
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 __all__ = ["Stats", "Check", "Placement", "parse_args", "measure", "environment", "print_header",
-           "print_table", "ratio", "print_checks", "emit_json", "package_version"]
+           "print_table", "ratio", "print_checks", "emit_json", "package_version",
+           "descendants", "start_watchdog"]
 
 
 def parse_args(description: str, argv: Optional[Sequence[str]] = None,
@@ -249,3 +256,51 @@ def print_checks(checks: Sequence[Check]) -> None:
 def emit_json(document: dict) -> None:
     json.dump(document, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def descendants(pid: int) -> List[int]:
+    """Pids of every descendant of ``pid`` (Linux /proc), children first."""
+    out: List[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children") as f:
+                    kids = [int(x) for x in f.read().split()]
+            except OSError:
+                continue
+            out.extend(kids)
+            todo.extend(kids)
+    return out
+
+
+def start_watchdog(seconds: float, label: str) -> threading.Event:
+    """After ``seconds`` without ``done.set()`` on the returned event: dump
+    every thread's stack, SIGTERM then SIGKILL this process's descendants
+    (the pools' workers; SIGTERM lets swarm workers remove their socket
+    files), exit 3. ``seconds <= 0``: never."""
+    done = threading.Event()
+    if seconds <= 0:
+        return done
+
+    def watch():
+        if done.wait(seconds):
+            return
+        sys.stderr.write(f"\n{label}: watchdog: no end after {seconds:g} s; stacks:\n")
+        faulthandler.dump_traceback(all_threads=True)
+        pids = descendants(os.getpid())
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, sig)
+            time.sleep(1.0)
+        sys.stderr.flush()
+        os._exit(3)
+
+    threading.Thread(target=watch, name="watchdog", daemon=True).start()
+    return done
