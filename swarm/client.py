@@ -755,7 +755,9 @@ class Pool:
                 raise WorkerStartError(f"worker script {script} does not exist")
             self._argv = [sys.executable, script]
         else:
-            self._argv = [sys.executable, "-m", "swarm.worker"]
+            # Not `-m swarm.worker`: that would import swarm from the
+            # worker's cwd first (a source checkout shadows the install).
+            self._argv = [sys.executable, "-c", _BUILTIN_BOOTSTRAP]
         self.script = script
         self.size = workers
         self.max_workers = max_workers
@@ -1503,6 +1505,16 @@ def _close_progress(requestor: _Requestor) -> None:
     if bar is not None:
         bar.n = requestor.tasks_done + requestor.tasks_failed
         bar.close()
+
+
+# The built-in worker's entry point: take the client's sys.path, exactly,
+# before anything imports swarm, so the worker runs the same swarm and finds
+# the same modules for functions pickled by reference.
+_BUILTIN_BOOTSTRAP = (
+    "import os, sys\n"
+    "sys.path[:] = os.environ['SWARM_SYS_PATH'].split(os.pathsep)\n"
+    "from swarm.worker import _main\n"
+    "_main()\n")
 
 
 def _main_module_env() -> Dict[str, str]:

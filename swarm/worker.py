@@ -29,8 +29,9 @@ closes, when the pool's process dies, or on SIGTERM; a worker started by
 hand runs until SIGTERM or Ctrl-C. The socket file is removed in every one
 of these cases.
 
-``python -m swarm.worker`` is the built-in worker used by ``Pool()``: a task
-is ``(callable, *args)`` and runs as ``callable(*args)``; init_data likewise.
+The built-in worker used by ``Pool()`` (``_main`` here, started by the
+pool with the client's sys.path) runs a task ``(callable, *args)`` as
+``callable(*args)``; init_data likewise.
 """
 
 from __future__ import annotations
@@ -372,11 +373,8 @@ def _load_client_main(path: str, module_name: str) -> types.ModuleType:
 
 
 def _main() -> None:
-    # Make the client's modules importable here, so that functions pickled
+    # The pool's bootstrap set sys.path to the client's, so functions pickled
     # by reference (module + name) resolve as they do in the client.
-    for entry in reversed(os.environ.get("SWARM_SYS_PATH", "").split(os.pathsep)):
-        if entry and entry not in sys.path:
-            sys.path.insert(0, entry)
     main_path = os.environ.get("SWARM_MAIN_PATH", "")
     main_module = os.environ.get("SWARM_MAIN_MODULE", "")
     if main_path or main_module:
