@@ -221,6 +221,7 @@ class Socket:
         except (ProtocolError, TimeoutError):
             self.close()
             raise
+        assert frame is not None  # a blocking channel returns a frame or raises
         rkind, seq, _aux, body, buffers = frame
         if seq != self._seq:
             self.close()

@@ -234,6 +234,7 @@ class _Worker:
         try:
             while True:
                 frame = chan.read_frame()
+                assert frame is not None  # blocking channel: a frame or an exception
                 self._handle(chan, *frame)
                 chan.flush()
                 if not chan.buffered:

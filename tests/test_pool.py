@@ -122,23 +122,25 @@ except KeyboardInterrupt:
 
 
 @pytest.mark.parametrize("target", ["client", "group"])
-def test_ctrl_c_in_the_block_stops_the_pool_with_no_orphans(target, run_dir):
+def test_ctrl_c_in_the_block_stops_the_pool_with_no_orphans(target, run_dir, tmp_path):
     code = CTRL_C_CLIENT.format(tests=os.path.dirname(__file__))
-    client = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        pids = [int(p) for p in client.stdout.readline().split()]
-        assert len(pids) == 2
-        time.sleep(0.3)  # the workers are inside their tasks
-        if target == "client":
-            os.kill(client.pid, signal.SIGINT)
-        else:
-            os.killpg(client.pid, signal.SIGINT)
-        out, err = client.communicate(timeout=15)
-    finally:
-        if client.poll() is None:
-            client.kill()
-            client.wait()
+    # cwd outside any source checkout: the client must import the installed swarm.
+    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True,
+                          cwd=tmp_path) as client:
+        try:
+            pids = [int(p) for p in client.stdout.readline().split()]
+            assert len(pids) == 2, client.stderr.read()
+            time.sleep(0.3)  # the workers are inside their tasks
+            if target == "client":
+                os.kill(client.pid, signal.SIGINT)
+            else:
+                os.killpg(client.pid, signal.SIGINT)
+            out, err = client.communicate(timeout=15)
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
     assert "interrupted" in out
     assert "Traceback" not in err
     for pid in pids:

@@ -4,10 +4,12 @@
 Python-visible surface, used by tests and by the client to build
 well-formed or deliberately malformed frames:
 
-- ``pack_header(kind, task_id, aux, body_len, buffer_lengths) -> bytes``
-- ``unpack_header(data) -> (kind, task_id, aux, body_len, nbufs)``
-- constants ``FRAME_HEADER_SIZE``, ``MAGIC``, ``VERSION``, ``FRAME_MAX_BUFFERS``,
-  ``DEFAULT_MAX_FRAME`` and the ``FRAME_*`` kinds.
+- ``pack_header(kind, task_id, aux, body_len, buffer_lengths=()) -> bytes``
+- ``unpack_header(data, max_frame=DEFAULT_MAX_FRAME) -> (kind, task_id, aux, body_len, nbufs)``
+- ``kind_name(kind) -> str``
+- constants ``HEADER_SIZE``, ``MAGIC``, ``VERSION``, ``MAX_BUFFERS``,
+  ``DEFAULT_MAX_FRAME`` and the kinds ``KIND_INIT``, ``KIND_TASK``,
+  ``KIND_RESULT``, ``KIND_ERROR``.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING

@@ -25,7 +25,7 @@ Python-visible surface:
     channel is then unusable), ``TimeoutError`` when a blocking channel's
     ``SO_RCVTIMEO`` runs out.
 ``fileno()``, ``close()``, ``closed``, ``buffered`` (received bytes not yet
-consumed), ``pending`` (queued bytes not yet written).
+consumed), ``pending`` (True while queued bytes are not yet written).
 """
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
