@@ -1,0 +1,35 @@
+"""Type stubs for swarm._core.sock (compiled from sock.pyx)."""
+
+from typing import Optional, Sequence, Tuple
+
+from typing_extensions import Self
+
+DEFAULT_MAX_FRAME: int
+
+class Channel:
+    """Frames over a connected AF_UNIX stream fd, which it owns."""
+
+    def __new__(cls, fd: int, *, blocking: bool = True, max_frame: int = ...) -> Self: ...
+    def fileno(self) -> int: ...
+    def close(self) -> None:
+        """Close the fd and drop anything queued. Safe to call twice."""
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def buffered(self) -> int:
+        """Received bytes not yet consumed."""
+    @property
+    def pending(self) -> bool:
+        """True while queued frames are not fully written."""
+    @property
+    def max_frame(self) -> int: ...
+    def push(self, kind: int, task_id: int, aux: int, obj: object) -> None:
+        """Pickle ``obj`` (protocol 5) and queue it as one frame."""
+    def flush(self) -> bool:
+        """Write queued frames; False: a non-blocking socket is full."""
+    def send(self, kind: int, task_id: int, aux: int, obj: object) -> bool:
+        """``push`` then ``flush``."""
+    def read_frame(
+        self,
+    ) -> Optional[Tuple[int, int, int, bytes, Sequence[bytearray]]]:
+        """One complete frame ``(kind, task_id, aux, body, buffers)``, or None."""
