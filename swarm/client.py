@@ -357,9 +357,16 @@ class _Requestor:
     """What Sprint and Batch share: a lane in the common queue, init_data,
     a result queue the pool fills, and stats."""
 
-    def __init__(self, init_data: Any, tta: Any, max_retries: Optional[int]) -> None:
+    def __init__(self, init_data: Any, tta: Any, max_retries: Optional[int],
+                 task_timeout: Optional[float] = None) -> None:
         if max_retries is not None and (not isinstance(max_retries, int) or max_retries < 0):
             raise ValueError(f"max_retries must be an int >= 0 or None, got {max_retries!r}")
+        if task_timeout is not None and (isinstance(task_timeout, bool) or
+                                         not isinstance(task_timeout, (int, float))
+                                         or not task_timeout > 0):
+            raise ValueError(f"task_timeout must be a positive number of seconds or None, "
+                             f"got {task_timeout!r}")
+        self.task_timeout = task_timeout
         self.init_data = init_data
         self.tta = _validate_tta(tta)
         self.max_retries = max_retries
@@ -481,6 +488,9 @@ class Sprint(_Requestor):
         this sprint's tasks (None: no initializer call).
     max_retries
         Retries of a task whose worker died (None: the pool's setting).
+    task_timeout
+        Seconds a task may run; one that runs longer fails with phase
+        ``"timeout"`` (not retried) and its worker is replaced.
 
     Example
     -------
@@ -493,8 +503,9 @@ class Sprint(_Requestor):
     """
 
     def __init__(self, tta: Any = None, init_data: Any = None, *,
-                 max_retries: Optional[int] = None) -> None:
-        super().__init__(init_data, tta, max_retries)
+                 max_retries: Optional[int] = None,
+                 task_timeout: Optional[float] = None) -> None:
+        super().__init__(init_data, tta, max_retries, task_timeout)
         self._unsent: List[Any] = []  # tasks submitted before the pool
 
     def __repr__(self) -> str:
@@ -549,8 +560,8 @@ class Batch(_Requestor):
     """An ordered requestor over a fixed list of tasks (see BatchManager)."""
 
     def __init__(self, pool: "Pool", tasks: List[Any], init_data: Any,
-                 max_retries: Optional[int]) -> None:
-        super().__init__(init_data, None, max_retries)
+                 max_retries: Optional[int], task_timeout: Optional[float]) -> None:
+        super().__init__(init_data, None, max_retries, task_timeout)
         self._pool_for_start = pool
         self._tasks: Optional[List[Any]] = tasks
         self._submitted = len(tasks)
@@ -640,17 +651,20 @@ class Batch(_Requestor):
 class BatchManager:
     """Builds a Batch of ``tasks`` on ``pool``, sharing ``init_data``.
 
+    ``max_retries`` and ``task_timeout`` are as for Sprint.
+
     >>> batch = BatchManager(pool, tasks, init_data=(model,)).batch  # doctest: +SKIP
     >>> batch.start(tta=time.time() + 60)
     >>> results = batch.list_results()       # same order as tasks
     """
 
     def __init__(self, pool: "Pool", tasks: Iterable[Any], init_data: Any = None, *,
-                 max_retries: Optional[int] = None) -> None:
+                 max_retries: Optional[int] = None,
+                 task_timeout: Optional[float] = None) -> None:
         if not isinstance(pool, Pool):
             raise TypeError(f"pool must be a swarm Pool, got {pool!r}")
         self.pool = pool
-        self.batch = Batch(pool, list(tasks), init_data, max_retries)
+        self.batch = Batch(pool, list(tasks), init_data, max_retries, task_timeout)
 
 
 class _Worker:
@@ -658,7 +672,7 @@ class _Worker:
 
     __slots__ = ("proc", "pid", "chan", "ready_fd", "stderr_fd", "stderr_tail",
                  "requestor", "init_for", "init_failed", "inflight", "seq",
-                 "is_ready", "is_dead", "last_busy", "is_fresh")
+                 "is_ready", "is_dead", "last_busy", "is_fresh", "head_since")
 
     def __init__(self, proc: subprocess.Popen, ready_fd: int) -> None:
         self.proc = proc
@@ -679,6 +693,7 @@ class _Worker:
         self.is_dead = False
         self.last_busy = time.monotonic()   # last send or reply, for retirement
         self.is_fresh = True                # no task answered yet (warm-up)
+        self.head_since = 0.0               # when the oldest frame in flight began to run
 
     def exit_description(self) -> str:
         code = self.proc.poll()
@@ -771,6 +786,7 @@ class Pool:
         self._step: Optional[Dict[str, Any]] = None  # the growth step being judged
         self._saturated_at: Optional[int] = None
         self._cpu: Optional[_scaling.CpuMeter] = None
+        self._timeouts_active = False   # some live requestor has a task_timeout
         self._retiring: List[_Worker] = []
         self.max_frame = max_frame
         self._run_dir = _runtime.run_dir()
@@ -1109,6 +1125,8 @@ class Pool:
                 exc_type=type(exc).__qualname__, exception=exc))
             return
         worker.seq += 1
+        if not worker.inflight:
+            worker.head_since = time.monotonic()
         worker.inflight.append((requestor, index, task))
         worker.last_busy = time.monotonic()
 
@@ -1122,6 +1140,8 @@ class Pool:
             self._fail_requestor_init(requestor, error)
             raise _InitRefused() from exc
         worker.seq += 1
+        if not worker.inflight:
+            worker.head_since = time.monotonic()
         worker.inflight.append((requestor, -1, None))
         if worker.init_for is not None and worker.init_for is not requestor:
             requestor.init_switches += 1
@@ -1158,6 +1178,8 @@ class Pool:
                     return
                 kind, seq, aux, body, buffers = frame
                 requestor, index, _task = inflight.popleft()
+                if requestor.task_timeout is not None or self._timeouts_active:
+                    worker.head_since = time.monotonic()
                 if index < 0:
                     self._on_init_reply(worker, requestor, kind, body, buffers)
                     continue
@@ -1222,13 +1244,20 @@ class Pool:
     def _needs_ticks(self) -> bool:
         if self._retiring or len(self._workers) > self.size:
             return True
+        timeouts = False
+        ticks = False
         for r in self._requestors.values():
             if r._progress is not None or (r.tta is not None and not r.is_finished):
-                return True
-        return False
+                ticks = True
+            if r.task_timeout is not None and not r.is_finished:
+                timeouts = ticks = True
+        self._timeouts_active = timeouts
+        return ticks
 
     def _on_tick(self, now: float) -> None:
         self._reap_retired()
+        if self._timeouts_active:
+            self._expire_tasks(now)
         self._scale(now)
         self._retire_idle(now)
         for lane, r in list(self._requestors.items()):
@@ -1301,6 +1330,31 @@ class Pool:
             r._next_step_at = now + window
             return  # one step at a time, so its effect can be judged
 
+    def _expire_tasks(self, now: float) -> None:
+        """Fail tasks running past their requestor's task_timeout; the
+        worker running one is killed (it cannot be interrupted otherwise)
+        and replaced. Tasks queued behind it go back to the queue."""
+        for worker in list(self._workers.values()):
+            if not worker.inflight or worker.is_dead:
+                continue
+            requestor, index, task = worker.inflight[0]
+            limit = requestor.task_timeout
+            if limit is None or index < 0 or now - worker.head_since <= limit:
+                continue
+            worker.inflight.popleft()
+            try:
+                worker.proc.kill()
+            except OSError:
+                pass
+            # Replaced before the failure is reported; the frames behind the
+            # expired task had not started and go back uncharged.
+            self._on_worker_lost(worker, head_started=False)
+            self._fail(requestor, index, TaskError(
+                f"task {index} ran over its task_timeout of {limit:g} s; "
+                f"its worker {worker.pid} was killed and replaced", task_id=index,
+                phase="timeout", exc_type="TimeoutError",
+                exception=TimeoutError(f"task {index} ran over {limit:g} s")))
+
     def _retire_idle(self, now: float) -> None:
         """Workers beyond the configured size that sat idle retire."""
         if len(self._workers) <= self.size or len(self._queue):
@@ -1368,7 +1422,10 @@ class Pool:
         if worker.proc.stderr is not None:
             worker.proc.stderr.close()
 
-    def _on_worker_lost(self, worker: _Worker) -> None:
+    def _on_worker_lost(self, worker: _Worker, head_started: bool = True) -> None:
+        """A worker's connection dropped (or it was killed): replace it and
+        put its frames back. head_started: the first frame in flight had
+        begun to run, so it is the one charged a retry."""
         inflight = list(worker.inflight)
         worker.inflight.clear()
         self._reap(worker)
@@ -1386,10 +1443,10 @@ class Pool:
         for position in range(len(inflight) - 1, -1, -1):
             requestor, index, task = inflight[position]
             if index < 0:
-                if position == 0:
+                if position == 0 and head_started:
                     self._charge_init_death(worker, requestor, how)
                 continue
-            if position > 0:
+            if position > 0 or not head_started:
                 if requestor._init_error is not None:
                     self._fail(requestor, index, requestor._init_error)
                 else:

@@ -128,3 +128,23 @@ def test_result_whose_class_exists_only_in_the_worker_fails_alone(tmp_path):
         results = BatchManager(pool, [0, 1, 2]).batch.list_results(return_exceptions=True)
     assert results[0] == 0 and results[2] == 2
     assert results[1].phase == "result unpickling in the client"
+
+
+def test_task_over_its_timeout_fails_alone_and_its_worker_is_replaced():
+    with Pool(workers=2) as pool:
+        before = set(pool.pids)
+        tasks = [(_tasks.sleep_then, 0.01, i) for i in range(10)]
+        tasks[3] = (_tasks.sleep_then, 60, "never")
+        batch = BatchManager(pool, tasks, task_timeout=1.0).batch
+        results = batch.list_results(return_exceptions=True)
+        err = results[3]
+        assert isinstance(err, TaskError) and err.phase == "timeout"
+        assert "task_timeout of 1 s" in str(err) and isinstance(err.exception, TimeoutError)
+        assert [r for i, r in enumerate(results) if i != 3] == [i for i in range(10) if i != 3]
+        assert len(pool.pids) == 2 and set(pool.pids) != before
+
+
+def test_task_timeout_must_be_positive():
+    for bad in (0, -1, "1", True):
+        with pytest.raises(ValueError, match="task_timeout"):
+            Sprint(task_timeout=bad)
