@@ -303,6 +303,12 @@ INITIAL_DEPTH = 2
 EWMA_ALPHA = 0.2
 # Grace between closing a worker's connection and SIGTERM, then SIGKILL.
 STOP_GRACE_S = 2.0
+# aux of an error frame for a task the worker refused because its
+# initializer had failed (the task never ran). Shared with swarm.worker.
+REFUSED_AUX = 2**64 - 1
+# Replacement workers in a row that may die before they are ready before
+# the pool stops replacing them (and fails the queue if none is left).
+MAX_START_FAILURES = 3
 # Bytes of a worker's stderr kept for error messages.
 STDERR_TAIL = 8192
 # Period of the scaling / retirement / progress timer while any of them has
@@ -441,8 +447,9 @@ class _Requestor:
             self.finished_at = time.time()
             self.projected_finish = self.finished_at
             pool = self._pool
-            if isinstance(self, Batch) and pool is not None and self._progress is None:
-                # A finished batch gets no more work: the pool lets go of it.
+            if pool is not None and self._progress is None:
+                # Nothing left to run: the pool lets go of it (a Sprint is
+                # taken back when it submits again).
                 pool._requestors.pop(self._lane, None)
 
     def _record_duration(self, seconds: float, is_warmup: bool) -> None:
@@ -792,7 +799,7 @@ class Pool:
         self._run_dir = _runtime.run_dir()
         _runtime.remove_stale_sockets(self._run_dir)
         self._env = dict(os.environ, SWARM_PARENT_PID=str(os.getpid()),
-                         SWARM_RUN_DIR=self._run_dir,
+                         SWARM_RUN_DIR=self._run_dir, SWARM_MAX_FRAME=str(max_frame),
                          SWARM_SYS_PATH=os.pathsep.join(p or os.getcwd() for p in sys.path),
                          **_main_module_env())
         self._queue = TaskQueue()
@@ -810,16 +817,24 @@ class Pool:
         self._closed = False
         self._fatal: Optional[BaseException] = None
         self._close_lock = threading.Lock()
-        self._thread: Optional[threading.Thread] = None
-        try:
-            self._start_workers(workers, start_timeout)
-        except BaseException:
-            self._teardown()
-            raise
-        self._poller.register(self._wake_r, select.POLLIN)
-        self._thread = threading.Thread(target=self._io_loop, name="swarm-pool-io",
-                                        daemon=True)
+        self._start_failures = 0        # workers in a row that died before ready
+        self._start_error: Optional[BaseException] = None
+        self._started = threading.Event()
+        # Every worker is spawned from the I/O thread, the initial ones too:
+        # PR_SET_PDEATHSIG fires when the spawning *thread* exits, and the
+        # caller's thread may be a short-lived one.
+        self._thread = threading.Thread(target=self._io_main, args=(workers, start_timeout),
+                                        name="swarm-pool-io", daemon=True)
         self._thread.start()
+        try:
+            self._started.wait()
+        except BaseException:
+            self.close()  # e.g. Ctrl-C while the workers start
+            raise
+        if self._start_error is not None:
+            self._thread.join()
+            self._closed = True
+            raise self._start_error
         _live_pools.add(self)
 
     # ------------------------------------------------------------ public
@@ -862,7 +877,10 @@ class Pool:
             self._closing = True
             thread = self._thread
             if thread is not None and thread.is_alive():
-                self._post(("stop",))
+                try:
+                    self._post(("stop",))
+                except PoolClosed:
+                    pass  # the I/O thread is already tearing down
                 thread.join()
             else:
                 self._teardown()
@@ -874,6 +892,12 @@ class Pool:
     def _attach_requestor(self, requestor: _Requestor) -> None:
         if self._closing:
             raise PoolClosed("the pool is closed")
+        if requestor.init_data is not None:
+            try:
+                pickle.dumps(requestor.init_data, 5)
+            except Exception as exc:
+                raise TypeError(f"init_data cannot be pickled: {type(exc).__qualname__}: "
+                                f"{exc}") from exc
         requestor._attach(self)
         self._post(("attach", requestor))
 
@@ -889,6 +913,11 @@ class Pool:
             os.write(self._wake_w, b"x")
         except BlockingIOError:
             pass  # the pipe is full of wake-ups already
+        except OSError:
+            # The I/O thread closed the pipe on its way out: it will not
+            # see this command; its teardown closes every requestor.
+            if command[0] != "stop":
+                raise PoolClosed("the pool is closed") from None
 
     # ------------------------------------------------------------ start-up
 
@@ -910,6 +939,9 @@ class Pool:
             for_requestor.workers_launched += 1
         self._workers[worker.pid] = worker
         self._watch(ready_r, self._on_ready, worker)
+        # Non-blocking: a task may hand the pipe to a process that outlives
+        # the worker, and the I/O thread must never wait for its EOF.
+        os.set_blocking(worker.stderr_fd, False)
         self._watch(worker.stderr_fd, self._on_stderr, worker)
         return worker
 
@@ -917,8 +949,10 @@ class Pool:
         started = [self._spawn() for _ in range(n)]
         deadline = time.monotonic() + timeout
         while not all(w.is_ready for w in started):
-            left = deadline - time.monotonic()
-            if left <= 0:
+            if self._closing:
+                return  # close() while starting
+            left = min(deadline - time.monotonic(), 0.1)
+            if deadline - time.monotonic() <= 0:
                 slow = [w.pid for w in started if not w.is_ready]
                 raise WorkerStartError(
                     f"workers {slow} of {self._describe_script()} did not start "
@@ -956,6 +990,7 @@ class Pool:
         worker.ready_fd = -1
         if signal_byte != b"R":
             self._reap(worker)
+            self._on_start_failed(worker)
             return
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -963,7 +998,9 @@ class Pool:
         except OSError:
             sock.close()
             self._reap(worker)
+            self._on_start_failed(worker)
             return
+        self._start_failures = 0
         worker.chan = Channel(sock.detach(), blocking=False, max_frame=self.max_frame)
         worker.is_ready = True
         worker.last_busy = time.monotonic()
@@ -974,26 +1011,76 @@ class Pool:
                 step["ready_at"] = time.monotonic()
         self._watch(worker.chan.fileno(), self._on_readable, worker)
 
-    def _on_stderr(self, worker: _Worker) -> None:
+    def _on_start_failed(self, worker: _Worker) -> None:
+        """A worker died before it was ready. During Pool() that is a
+        WorkerStartError (see _start_workers); later, a replacement is tried
+        a few times, and when no worker is left the queued tasks fail
+        instead of waiting forever."""
+        if not self._started.is_set() or self._closing:
+            return
+        self._start_failures += 1
+        stderr = worker.stderr_tail.decode("utf-8", "replace")
+        if self._start_failures <= MAX_START_FAILURES and len(self._workers) < self.size:
+            log.warning("worker %d %s before it was ready; starting another",
+                        worker.pid, worker.exit_description())
+            self._spawn()
+            return
+        if any(not w.is_dead for w in self._workers.values()):
+            return  # the pool runs smaller; the survivors serve the queue
+        error = WorkerStartError(
+            f"no worker of {self._describe_script()} is left: {self._start_failures} "
+            f"replacements in a row died before they were ready; the last one "
+            f"{worker.exit_description()}, its stderr:\n{stderr}")
+        log.error("%s", error)
+        for requestor in list(self._requestors.values()):
+            for index, _task in self._queue.remove_requestor(requestor._lane):
+                self._fail(requestor, index, TaskError(
+                    f"task {index}: {error}", task_id=index, phase="worker start",
+                    exc_type="WorkerStartError", exception=error))
+
+    def _on_stderr(self, worker: _Worker) -> bool:
+        """Pass what the worker wrote to stderr on; False once nothing is left."""
         try:
             data = os.read(worker.stderr_fd, 65536)
+        except BlockingIOError:
+            return False
         except OSError:
             data = b""
         if not data:
             self._unwatch(worker.stderr_fd)
-            return
+            if worker.is_dead and worker.proc.stderr is not None:
+                worker.proc.stderr.close()
+            return False
         worker.stderr_tail = (worker.stderr_tail + data)[-STDERR_TAIL:]
-        if not self._closing:
+        if not self._closing and _stderr_writable():
             try:
                 os.write(2, data)  # the worker's stderr shows as the user's
             except OSError:
                 pass
+        return True
 
     def _drain_stderr(self, worker: _Worker) -> None:
-        while worker.stderr_fd in self._fds:
-            self._on_stderr(worker)
+        """Read what is there now (never wait for EOF: see _spawn)."""
+        while worker.stderr_fd in self._fds and self._on_stderr(worker):
+            pass
 
     # ------------------------------------------------------------ I/O loop
+
+    def _io_main(self, workers: int, start_timeout: float) -> None:
+        try:
+            self._start_workers(workers, start_timeout)
+        except BaseException as exc:  # handed to the caller of Pool()
+            self._start_error = exc
+            self._closing = True
+            self._teardown()
+            return
+        finally:
+            self._started.set()
+        if self._closing:
+            self._teardown()
+            return
+        self._poller.register(self._wake_r, select.POLLIN)
+        self._io_loop()
 
     def _io_loop(self) -> None:
         next_tick = 0.0
@@ -1038,7 +1125,15 @@ class Pool:
             kind = command[0]
             if kind == "tasks":
                 _, requestor, first, tasks = command
-                if requestor._init_error is not None:
+                self._requestors[requestor._lane] = requestor  # a finished sprint is back
+                if self._start_failures > MAX_START_FAILURES and not self._workers:
+                    error = WorkerStartError(f"no worker of {self._describe_script()} is left")
+                    for i in range(len(tasks)):
+                        self._fail(requestor, first + i, TaskError(
+                            f"task {first + i}: {error}", task_id=first + i,
+                            phase="worker start", exc_type="WorkerStartError",
+                            exception=error))
+                elif requestor._init_error is not None:
                     for i in range(len(tasks)):
                         self._fail(requestor, first + i, requestor._init_error)
                 else:
@@ -1080,7 +1175,8 @@ class Pool:
         q = self._queue
         if not len(q):
             return
-        for worker in self._workers.values():
+        # A snapshot: a send can find a worker dead, which replaces it.
+        for worker in list(self._workers.values()):
             if not worker.is_ready or worker.is_dead:
                 continue
             requestor = worker.requestor
@@ -1101,16 +1197,20 @@ class Pool:
                         break
                 self._send_task(worker, requestor, index, task)
                 sent = True
-            if sent:
+            if sent and not worker.is_dead:
                 self._flush(worker)
 
     def _send_task(self, worker: _Worker, requestor: _Requestor, index: int, task: Any) -> None:
         chan = worker.chan
-        if requestor.init_data is not None:
-            if worker.init_for is not requestor:
-                self._send_init(worker, requestor, requestor.init_data)
-        elif worker.init_failed:
-            self._send_init(worker, requestor, None)
+        try:
+            if requestor.init_data is not None:
+                if worker.init_for is not requestor:
+                    self._send_init(worker, requestor, requestor.init_data)
+            elif worker.init_failed:
+                self._send_init(worker, requestor, None)
+        except _InitRefused:
+            self._fail(requestor, index, requestor._init_error)
+            return
         try:
             chan.push(KIND_TASK, worker.seq + 1, 0, task)
         except ProtocolError as exc:
@@ -1183,8 +1283,9 @@ class Pool:
                 if index < 0:
                     self._on_init_reply(worker, requestor, kind, body, buffers)
                     continue
-                requestor._record_duration(aux * 1e-9, worker.is_fresh)
-                worker.is_fresh = False
+                if aux != REFUSED_AUX:
+                    requestor._record_duration(aux * 1e-9, worker.is_fresh)
+                    worker.is_fresh = False
                 if self._retries:
                     self._retries.pop((requestor._lane, index), None)
                 if self._rate is not None:
@@ -1206,11 +1307,19 @@ class Pool:
                     # Refused by a worker whose initializer failed: report
                     # the cause, not the refusal.
                     self._fail(requestor, index, requestor._init_error)
+                elif aux == REFUSED_AUX:
+                    # Refused because another requestor's initializer failed
+                    # on this worker just before: not this task's fault.
+                    self._queue.push_front(requestor._lane, index, _task)
                 else:
                     self._fail(requestor, index, _task_error(body, buffers, index))
-        except (PeerClosed, ProtocolError, ConnectionError, IndexError):
-            # IndexError: a frame nobody asked for. Either way this worker's
-            # stream cannot be trusted any more.
+        except (PeerClosed, ProtocolError, ConnectionError, IndexError, MemoryError) as exc:
+            # IndexError: a frame nobody asked for; MemoryError: no room for
+            # a frame within max_frame. Either way this worker's stream
+            # cannot be trusted any more.
+            if not isinstance(exc, (PeerClosed, ConnectionError)):
+                log.error("worker %d: %s: %s; replacing it", worker.pid,
+                          type(exc).__name__, exc)
             self._on_worker_lost(worker)
 
     def _on_init_reply(self, worker: _Worker, requestor: _Requestor, kind: int,
@@ -1263,7 +1372,7 @@ class Pool:
         for lane, r in list(self._requestors.items()):
             if r._progress is not None:
                 _refresh_progress(r)
-                if isinstance(r, Batch) and r.is_finished:
+                if r.is_finished and r._progress is None:
                     del self._requestors[lane]  # its bar is closed: let go
 
     def _scale(self, now: float) -> None:
@@ -1384,7 +1493,7 @@ class Pool:
                 continue
             self._retiring.remove(worker)
             self._drain_stderr(worker)
-            if worker.proc.stderr is not None:
+            if worker.stderr_fd not in self._fds and worker.proc.stderr is not None:
                 worker.proc.stderr.close()
             try:
                 os.unlink(_runtime.socket_path(worker.pid, self._run_dir))
@@ -1419,8 +1528,8 @@ class Pool:
             os.unlink(_runtime.socket_path(worker.pid, self._run_dir))
         except FileNotFoundError:
             pass
-        if worker.proc.stderr is not None:
-            worker.proc.stderr.close()
+        if worker.stderr_fd not in self._fds and worker.proc.stderr is not None:
+            worker.proc.stderr.close()  # else closed at its EOF or teardown
 
     def _on_worker_lost(self, worker: _Worker, head_started: bool = True) -> None:
         """A worker's connection dropped (or it was killed): replace it and
@@ -1484,7 +1593,15 @@ class Pool:
 
     def _teardown(self) -> None:
         """Stop every worker and release everything (I/O thread or close)."""
-        for requestor in list(self._requestors.values()):
+        pending = []  # requestors of commands that raced with close: they close too
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except _queue.Empty:
+                break
+            if command[0] in ("tasks", "attach") and command[1] not in pending:
+                pending.append(command[1])
+        for requestor in list(self._requestors.values()) + pending:
             for index, _task in self._queue.remove_requestor(requestor._lane):
                 pass  # cancelled: the waiting caller sees PoolClosed
             requestor._results.put(_CLOSED)
@@ -1518,6 +1635,9 @@ class Pool:
             except FileNotFoundError:
                 pass
         self._workers.clear()
+        for handler, worker in self._fds.values():
+            if handler == self._on_stderr and worker.proc.stderr is not None:
+                worker.proc.stderr.close()  # a reaped worker's pipe, never at EOF
         self._fds.clear()
         for fd in (self._wake_r, self._wake_w):
             try:
@@ -1573,6 +1693,18 @@ _BUILTIN_BOOTSTRAP = (
     "sys.path[:] = os.environ['SWARM_SYS_PATH'].split(os.pathsep)\n"
     "from swarm.worker import _main\n"
     "_main()\n")
+
+
+def _stderr_writable() -> bool:
+    """True if fd 2 takes a write now: a client whose stderr is a pipe
+    nobody reads must not stall the pool (the output is dropped, and kept
+    in each worker's stderr tail for error messages)."""
+    try:
+        poller = select.poll()
+        poller.register(2, select.POLLOUT)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return False
 
 
 def _main_module_env() -> Dict[str, str]:

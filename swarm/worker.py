@@ -60,6 +60,10 @@ from swarm.errors import PeerClosed, ProtocolError
 __all__ = ["run"]
 
 _UCRED = struct.Struct("3i")
+# aux of the error frame for a task refused because the initializer failed
+# (the task never ran); the pool requeues such a task when it was another
+# requestor's initializer that failed.
+REFUSED_AUX = 2**64 - 1
 # A client that stops sending in the middle of a frame for this long is cut
 # off, so one stalled peer cannot freeze a worker that serves several.
 STALLED_FRAME_S = 30.0
@@ -75,7 +79,7 @@ class _Terminate(BaseException):
 
 def run(task_processor: Callable[..., Any],
         initializer: Optional[Callable[..., Any]] = None, *,
-        max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        max_frame: Optional[int] = None) -> None:
     """Serve tasks on this process's socket until told to stop.
 
     Parameters
@@ -88,12 +92,15 @@ def run(task_processor: Callable[..., Any],
         initializes this worker (before the tasks of a requestor whose
         init_data the worker does not hold yet).
     max_frame
-        Largest frame accepted or sent, in bytes.
+        Largest frame accepted or sent, in bytes; default: the starting
+        pool's ``max_frame`` (``SWARM_MAX_FRAME``), else 1 GiB + 1 MiB.
     """
     if not callable(task_processor):
         raise TypeError(f"task_processor must be callable, got {task_processor!r}")
     if initializer is not None and not callable(initializer):
         raise TypeError(f"initializer must be callable or None, got {initializer!r}")
+    if max_frame is None:
+        max_frame = int(os.environ.get("SWARM_MAX_FRAME", DEFAULT_MAX_FRAME))
     _Worker(task_processor, initializer, max_frame).serve()
 
 
@@ -221,11 +228,18 @@ class _Worker:
         if uid != os.getuid():
             conn.close()  # another user: no frame of theirs is ever read
             return
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                        struct.pack("ll", int(STALLED_FRAME_S), 0))
+        is_owner = bool(self.owner_pid) and pid == self.owner_pid and self.owner_fd < 0
+        if not is_owner:
+            # A peer that stalls mid-frame, or stops reading its results,
+            # is cut off rather than freezing this single-threaded worker.
+            # The owning pool is exempt: it always reads, and a paused
+            # client (a debugger) must not lose its workers.
+            stall = struct.pack("ll", int(STALLED_FRAME_S), 0)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, stall)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, stall)
         fd = conn.detach()
         self.channels[fd] = Channel(fd, blocking=True, max_frame=self.max_frame)
-        if self.owner_pid and pid == self.owner_pid and self.owner_fd < 0:
+        if is_owner:
             self.owner_fd = fd
         poller.register(fd, select.POLLIN)
 
@@ -236,6 +250,8 @@ class _Worker:
                 frame = chan.read_frame()
                 assert frame is not None  # blocking channel: a frame or an exception
                 self._handle(chan, *frame)
+                # Every result leaves at once: holding it for the next task's
+                # result would delay it by that task's whole run time.
                 chan.flush()
                 if not chan.buffered:
                     return True
@@ -259,21 +275,22 @@ class _Worker:
         try:
             task = pickle.loads(body, buffers=buffers)
         except BaseException as exc:  # ship any failure to the client
-            if isinstance(exc, _Terminate):
-                raise
+            if isinstance(exc, (_Terminate, KeyboardInterrupt)):
+                raise  # the worker is being stopped, not the task failing
             return self._reply_error(chan, task_id, start, "task unpickling in the worker", exc)
         if not self.is_initialized:
             exc = RuntimeError("the worker's initializer failed; it runs no task "
                                "until a later initialize succeeds")
-            return self._reply_error(chan, task_id, start, "initializer", exc)
+            chan.push(KIND_ERROR, task_id, REFUSED_AUX, _error_body("initializer", exc))
+            return
         try:
             if type(task) is tuple:
                 result = self.task_processor(*task)
             else:
                 result = self.task_processor(task)
         except BaseException as exc:  # ship any failure to the client
-            if isinstance(exc, _Terminate):
-                raise
+            if isinstance(exc, (_Terminate, KeyboardInterrupt)):
+                raise  # the worker is being stopped, not the task failing
             return self._reply_error(chan, task_id, start, "task", exc)
         try:
             chan.push(KIND_RESULT, task_id, time.perf_counter_ns() - start, result)
@@ -285,8 +302,8 @@ class _Worker:
         try:
             init_data = pickle.loads(body, buffers=buffers)
         except BaseException as exc:  # ship any failure to the client
-            if isinstance(exc, _Terminate):
-                raise
+            if isinstance(exc, (_Terminate, KeyboardInterrupt)):
+                raise  # the worker is being stopped, not the task failing
             self.is_initialized = False
             return self._reply_error(chan, task_id, start, "init_data unpickling in the worker", exc)
         try:
@@ -299,8 +316,8 @@ class _Worker:
                 else:
                     self.initializer(init_data)
         except BaseException as exc:  # ship any failure to the client
-            if isinstance(exc, _Terminate):
-                raise
+            if isinstance(exc, (_Terminate, KeyboardInterrupt)):
+                raise  # the worker is being stopped, not the task failing
             self.is_initialized = False
             return self._reply_error(chan, task_id, start, "initializer", exc)
         self.is_initialized = True

@@ -76,3 +76,10 @@ def spin(seconds):
     while time.process_time() < end:
         n += 1
     return n
+
+
+def spawn_helper_then_die(seconds):
+    """Start a process that inherits stderr and outlives this worker, then die."""
+    import subprocess
+    subprocess.Popen(["sleep", str(seconds)], stdout=subprocess.DEVNULL)
+    os._exit(5)
