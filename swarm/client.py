@@ -20,7 +20,7 @@ import pickle
 import socket
 import struct
 import time
-from typing import Any, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Optional, Tuple
 
 from swarm import _runtime
 from swarm._core.frame import (DEFAULT_MAX_FRAME, KIND_ERROR, KIND_INIT,
@@ -30,6 +30,9 @@ from swarm.errors import (PeerClosed, ProtocolError, SwarmError, TaskError,
                           WorkerDied, WorkerNotFound)
 
 __all__ = ["Socket"]
+
+if TYPE_CHECKING:
+    from swarm.executor import SwarmExecutor
 
 # Pause between connection attempts while a worker is still starting.
 CONNECT_RETRY_S = 0.01
@@ -385,6 +388,10 @@ class _Requestor:
         # Stats, written by the pool's I/O thread only.
         self.tasks_done = 0
         self.tasks_failed = 0
+        self.tasks_cancelled = 0
+        # Called on the I/O thread with a task's index just before it is
+        # sent; False skips the task (an executor's cancelled future).
+        self._on_dispatch: Optional[Callable[[int], bool]] = None
         self.initializations = 0     # initializer runs for this requestor
         self.init_switches = 0       # ... of them on a worker that held another's
         self.workers_assigned = 0
@@ -440,10 +447,14 @@ class _Requestor:
 
     @property
     def is_finished(self) -> bool:
-        return self.tasks_done + self.tasks_failed >= self._submitted
+        return self.tasks_done + self.tasks_failed + self.tasks_cancelled >= self._submitted
+
+    def _count_cancelled(self) -> None:
+        self.tasks_cancelled += 1
+        self._check_finished()
 
     def _check_finished(self) -> None:
-        if self.tasks_done + self.tasks_failed == self._submitted:
+        if self.tasks_done + self.tasks_failed + self.tasks_cancelled == self._submitted:
             self.finished_at = time.time()
             self.projected_finish = self.finished_at
             pool = self._pool
@@ -854,6 +865,12 @@ class Pool:
         """Pids of the live worker processes."""
         return [w.pid for w in list(self._workers.values()) if not w.is_dead]
 
+    def executor(self) -> "SwarmExecutor":
+        """A ``concurrent.futures.Executor`` running calls on this pool (see
+        swarm.executor). Shutting it down leaves the pool open."""
+        from swarm.executor import SwarmExecutor
+        return SwarmExecutor(self)
+
     def submit_sprint(self, sprint: Sprint) -> Sprint:
         """Attach a Sprint: its tasks (queued already or later) run here."""
         if not isinstance(sprint, Sprint):
@@ -1195,6 +1212,9 @@ class Pool:
                         # Re-queued: the new requestor's depth is smaller.
                         q.push_front(rlane, index, task)
                         break
+                if requestor._on_dispatch is not None and not requestor._on_dispatch(index):
+                    requestor._count_cancelled()  # cancelled while queued
+                    continue
                 self._send_task(worker, requestor, index, task)
                 sent = True
             if sent and not worker.is_dead:
@@ -1604,17 +1624,27 @@ class Pool:
         for requestor in list(self._requestors.values()) + pending:
             for index, _task in self._queue.remove_requestor(requestor._lane):
                 pass  # cancelled: the waiting caller sees PoolClosed
-            requestor._results.put(_CLOSED)
-            if requestor._progress is not None:
-                _close_progress(requestor)
+            try:
+                requestor._results.put(_CLOSED)
+                if requestor._progress is not None:
+                    _close_progress(requestor)
+            except Exception:  # the workers must be stopped whatever happens here
+                log.exception("closing requestor %d failed", requestor._lane)
         workers = list(self._workers.values()) + self._retiring
         self._retiring = []
         for worker in workers:
             if worker.chan is not None:
-                worker.chan.close()   # an owned worker exits on this EOF
+                worker.chan.close()   # an idle owned worker exits on this EOF
             if worker.ready_fd >= 0:
                 os.close(worker.ready_fd)
                 worker.ready_fd = -1
+            if worker.inflight:
+                # A busy worker sees the EOF only after its task: its task is
+                # abandoned anyway, so it is stopped now.
+                try:
+                    worker.proc.terminate()
+                except OSError:
+                    pass
         deadline = time.monotonic() + STOP_GRACE_S
         for worker in workers:
             try:
