@@ -15,9 +15,15 @@ How it decides (per requestor with a tta, tightest tta first):
 - Workers needed = remaining work / (time left x SAFETY - START_S). When
   that exceeds what the requestor has, the pool launches the difference in
   one step, then waits SETTLE for the new workers' effect before the next.
+- Early in a batch the finished tasks are the short ones (the long ones
+  are still running), so tasks running longer than the estimate count with
+  the time they have run so far.
 - Saturation, two signals. Before a step: if the machine's CPUs are already
-  BUSY_SATURATED busy (from /proc/stat), another process cannot run any
-  faster, so none is launched. After a step settles: if the pool's
+  BUSY_SATURATED busy (from /proc/stat) *and* the pool's own workers want
+  the CPU (each spends at least WORKER_CPU_BOUND of its time running or
+  waiting to run, from /proc/<pid>/schedstat, so contention does not hide
+  it), a new worker would only share the cores, so none is launched. Load
+  from other programs does not stop growth for tasks that wait (I/O, sleep). After a step settles: if the pool's
   completion rate grew by less than SATURATION_GAIN of what the added
   workers should have brought, growth stops at that size. Either way the
   requestor's stats say "saturated" instead of processes piling up.
@@ -38,7 +44,7 @@ OUTLIER_FACTOR = 10.0
 MIN_SAMPLES = 2
 # Plan to finish within this share of the time left: margin for the noise
 # of a shared machine and for the tail of a skewed batch.
-SAFETY = 0.85
+SAFETY = 0.8
 # Time a new worker takes to start serving, in seconds (interpreter start +
 # imports); counted against the time it can contribute.
 START_S = 0.15
@@ -67,6 +73,18 @@ class TaskTimes:
     @property
     def count(self) -> int:
         return len(self._durations) + len(self._warmups)
+
+    def estimate_with_running(self, running: "list[float]") -> Optional[float]:
+        """The estimate, raised by tasks that have run longer than it so far
+        (their elapsed time counts as a sample: a lower bound of theirs)."""
+        estimate = self.estimate()
+        if estimate is None:
+            return None
+        longer = [t for t in running if t > estimate]
+        if not longer:
+            return estimate
+        samples = self._durations or self._warmups
+        return (estimate * len(samples) + sum(longer)) / (len(samples) + len(longer))
 
     def estimate(self) -> Optional[float]:
         """Winsorized mean task time in seconds; None before any sample."""
@@ -125,6 +143,44 @@ def is_saturated(rate_before: float, workers_before: int, rate_after: float,
 # Share of all CPUs busy (any process) at which the machine counts as
 # saturated: a new worker would only share cores with the ones running.
 BUSY_SATURATED = 0.9
+# Share of its time a worker spends running or runnable at which it counts
+# as CPU-bound (it, not other programs, wants the cores).
+WORKER_CPU_BOUND = 0.5
+# Shortest interval over which a worker's CPU demand is measured.
+CPU_WINDOW_S = 0.2
+
+
+class WorkerCpu:
+    """Mean CPU demand of a set of processes: the share of wall time each
+    spent on a CPU or waiting in the run queue (/proc/<pid>/schedstat, in
+    ns), measured over windows of at least CPU_WINDOW_S."""
+
+    def __init__(self) -> None:
+        self._last: "dict[int, tuple[float, float]]" = {}   # pid -> (cpu s, wall s)
+        self._last_at = -1.0
+        self.share: Optional[float] = None
+
+    def sample(self, pids: "list[int]", now: float) -> Optional[float]:
+        if now - self._last_at < CPU_WINDOW_S:
+            return self.share
+        self._last_at = now
+        shares = []
+        current = {}
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/schedstat", "rb") as f:
+                    fields = f.read().split()
+                cpu = (int(fields[0]) + int(fields[1])) * 1e-9
+            except (OSError, IndexError, ValueError):
+                continue
+            current[pid] = (cpu, now)
+            if pid in self._last:
+                cpu0, t0 = self._last[pid]
+                if now > t0:
+                    shares.append((cpu - cpu0) / (now - t0))
+        self._last = current
+        self.share = sum(shares) / len(shares) if shares else None
+        return self.share
 
 
 class CpuMeter:
@@ -153,6 +209,7 @@ class CpuMeter:
         self._last = now
         return self.busy
 
-    @property
-    def is_saturated(self) -> bool:
-        return self.busy is not None and self.busy >= BUSY_SATURATED
+    def is_saturated(self, worker_share: Optional[float]) -> bool:
+        """Busy CPUs, kept busy by workers that compute (not wait)."""
+        return (self.busy is not None and self.busy >= BUSY_SATURATED
+                and worker_share is not None and worker_share >= WORKER_CPU_BOUND)

@@ -804,6 +804,7 @@ class Pool:
         self._step: Optional[Dict[str, Any]] = None  # the growth step being judged
         self._saturated_at: Optional[int] = None
         self._cpu: Optional[_scaling.CpuMeter] = None
+        self._worker_cpu: Optional[_scaling.WorkerCpu] = None
         self._timeouts_active = False   # some live requestor has a task_timeout
         self._retiring: List[_Worker] = []
         self.max_frame = max_frame
@@ -1298,8 +1299,7 @@ class Pool:
                     return
                 kind, seq, aux, body, buffers = frame
                 requestor, index, _task = inflight.popleft()
-                if requestor.task_timeout is not None or self._timeouts_active:
-                    worker.head_since = time.monotonic()
+                worker.head_since = time.monotonic()  # the next frame starts now
                 if index < 0:
                     self._on_init_reply(worker, requestor, kind, body, buffers)
                     continue
@@ -1406,7 +1406,11 @@ class Pool:
         if self._rate is None:
             self._rate = _scaling.RateMeter()
             self._cpu = _scaling.CpuMeter()
+            self._worker_cpu = _scaling.WorkerCpu()
         self._cpu.sample()
+        worker_share = self._worker_cpu.sample(
+            [w.pid for w in self._workers.values() if w.is_ready], now)
+        cpu_saturated = self._cpu.is_saturated(worker_share)
         live = len(self._workers)
         step = self._step
         if step is not None:
@@ -1427,7 +1431,9 @@ class Pool:
         for r in sorted(behind, key=lambda r: r.tta):
             if r._times.count < _scaling.MIN_SAMPLES:
                 continue
-            task_s = r._times.estimate()
+            running = [now - w.head_since for w in self._workers.values()
+                       if w.inflight and w.inflight[0][0] is r and w.inflight[0][1] >= 0]
+            task_s = r._times.estimate_with_running(running)
             remaining = r._submitted - r.tasks_done - r.tasks_failed
             have = max(1, r.workers_assigned)
             r.projected_finish = _scaling.projected_finish(wall, remaining, task_s, have)
@@ -1435,11 +1441,15 @@ class Pool:
                 continue
             if self._cpu.busy is None and _scaling.CpuMeter._read() is not None:
                 continue  # no CPU reading yet: judge on the next tick
-            if live >= ceiling or self._cpu.is_saturated:
-                r.saturated = self._saturated_at is not None or self._cpu.is_saturated
+            if (self._cpu.busy is not None and self._cpu.busy >= _scaling.BUSY_SATURATED
+                    and worker_share is None):
+                continue  # busy CPUs: first learn whether our workers are why
+            if live >= ceiling or cpu_saturated:
+                r.saturated = self._saturated_at is not None or cpu_saturated
                 continue
             needed = _scaling.workers_needed(wall, r.tta, remaining, task_s, ceiling)
-            add = min(needed - have, ceiling - live, remaining - have)
+            # New workers can only take queued tasks, not those in flight.
+            add = min(needed - have, ceiling - live, self._queue.count(r._lane))
             if add <= 0:
                 continue
             window = max(_scaling.SETTLE_S, _scaling.SETTLE_TASKS * task_s)
