@@ -87,14 +87,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import faulthandler
 import math
 import multiprocessing
 import os
-import signal
 import sys
-import threading
-import time
 
 import numpy as np
 
@@ -117,54 +113,6 @@ SKEW_SEED = 0
 A_ORDER = ("swarm Sprint", "swarm Batch", "mp imap cs=1", "mp map", "PPE submit-each",
            "PPE map", "loky submit-each", "mpire map", "mpire imap cs=1")
 B_ORDER = ("swarm Batch", "mp map cs=1", "mp map", "PPE map", "loky map", "mpire map")
-
-
-# ---------------------------------------------------------------- watchdog
-
-def _descendants(pid: int) -> list:
-    """Pids of every descendant of ``pid`` (Linux /proc), children first."""
-    out, todo = [], [pid]
-    while todo:
-        parent = todo.pop()
-        try:
-            tasks = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            continue
-        for tid in tasks:
-            try:
-                with open(f"/proc/{parent}/task/{tid}/children") as f:
-                    kids = [int(x) for x in f.read().split()]
-            except OSError:
-                continue
-            out.extend(kids)
-            todo.extend(kids)
-    return out
-
-
-def start_watchdog(seconds: float) -> threading.Event:
-    """After ``seconds`` without ``done.set()``: dump every thread's stack,
-    SIGTERM then SIGKILL this process's descendants (the pools' workers),
-    exit 3."""
-    done = threading.Event()
-    if seconds <= 0:
-        return done
-
-    def watch():
-        if done.wait(seconds):
-            return
-        sys.stderr.write(f"\npool_overhead: watchdog: no end after {seconds:g} s; stacks:\n")
-        faulthandler.dump_traceback(all_threads=True)
-        pids = _descendants(os.getpid())
-        for sig in (signal.SIGTERM, signal.SIGKILL):   # SIGTERM: swarm workers
-            for pid in pids:                           # remove their socket files
-                with contextlib.suppress(OSError):
-                    os.kill(pid, sig)
-            time.sleep(1.0)
-        sys.stderr.flush()
-        os._exit(3)
-
-    threading.Thread(target=watch, name="watchdog", daemon=True).start()
-    return done
 
 
 def _pin_threads(cpus) -> None:
@@ -448,7 +396,7 @@ def main(argv=None) -> int:
     workers = args.workers
     env = h.environment()
     placement = h.Placement(args.pin)
-    watchdog = start_watchdog(plan["watchdog_s"])
+    watchdog = h.start_watchdog(plan["watchdog_s"], "pool_overhead")
 
     n_noop, n_skew = plan["noop_tasks"], plan["skew_tasks"]
     durations = skewed_durations(n_skew)

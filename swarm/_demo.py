@@ -70,7 +70,7 @@ def main() -> int:
 
 def _has_tqdm() -> bool:
     try:
-        import tqdm  # noqa: F401
+        import tqdm  # noqa: F401  (only asking whether it is there)
     except ImportError:
         print("  (pip install 'swarm[progress]' for a live progress bar)")
         return False

@@ -15,19 +15,32 @@ Data flow of a Pool::
 
 from __future__ import annotations
 
+import atexit
+import collections
+import logging
 import os
 import pickle
+import queue as _queue
+import select
+import signal
 import socket
 import struct
+import subprocess
+import sys
+import threading
 import time
-from typing import TYPE_CHECKING, Any, Optional, Tuple
+import weakref
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List,
+                    Optional, Tuple)
 
-from swarm import _runtime
+from swarm import _runtime, _scaling
 from swarm._core.frame import (DEFAULT_MAX_FRAME, KIND_ERROR, KIND_INIT,
                                KIND_RESULT, KIND_TASK)
+from swarm._core.reorder import ReorderBuffer
 from swarm._core.sock import Channel
-from swarm.errors import (PeerClosed, ProtocolError, SwarmError, TaskError,
-                          WorkerDied, WorkerNotFound)
+from swarm._core.taskqueue import TaskQueue
+from swarm.errors import (PeerClosed, PoolClosed, ProtocolError, SwarmError, TaskError,
+                          WorkerDied, WorkerNotFound, WorkerStartError)
 
 __all__ = ["Socket"]
 
@@ -271,26 +284,7 @@ class Socket:
 #   at the head of the queue (up to max_retries times each, then they fail
 #   with WorkerDied naming the signal or exit code) and is replaced.
 
-import atexit
-import collections
-import os
-import queue as _queue
-import select
-import signal
-import subprocess
-import sys
-import threading
-import weakref
-from typing import Callable, Dict, Iterable, Iterator, List, Sequence
-
-from swarm import _scaling
-from swarm._core.reorder import ReorderBuffer
-from swarm._core.taskqueue import TaskQueue
-from swarm.errors import PoolClosed, WorkerStartError
-
 __all__ += ["Pool", "Sprint", "BatchManager", "Batch", "BatchError"]
-
-import logging
 
 log = logging.getLogger("swarm")
 

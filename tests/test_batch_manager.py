@@ -2,9 +2,7 @@
 the tasks; ``list_results()`` returns results in task order, and
 ``yield_results()`` streams them in order as the completed prefix grows."""
 
-import os
 import textwrap
-import time
 
 import numpy as np
 import pytest

@@ -9,8 +9,7 @@ import sys
 import textwrap
 import time
 
-import _tasks
-from swarm.client import BatchManager, Pool, Sprint
+from swarm.client import BatchManager, Pool
 
 DOOMED_CLIENT = """
 import os, signal, sys, time

@@ -4,8 +4,6 @@ that had done nothing wrong."""
 
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time

@@ -86,6 +86,23 @@ def test_another_user_cannot_reach_a_worker_whatever_the_umask(tmp_path, umask):
 
 
 @needs_root
+def test_with_the_run_dir_opened_up_the_worker_still_refuses_another_uid(tmp_path):
+    # Defence in depth: even if the run dir's protection is lost, the worker
+    # checks SO_PEERCRED and hangs up before reading a byte.
+    run_dir = tmp_path / "run"
+    os.chmod(tmp_path, 0o755)
+    proc, path, marker = _start_worker(tmp_path, run_dir, 0o022)
+    try:
+        os.chmod(run_dir, 0o755)
+        os.chmod(path, 0o777)
+        assert _as_nobody(path) == "hung-up"
+        assert not marker.exists()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@needs_root
 def test_pool_workers_are_out_of_reach_of_another_user(tmp_path, monkeypatch):
     from swarm.client import Pool
     run_dir = tmp_path / "run"
