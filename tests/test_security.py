@@ -3,10 +3,13 @@ the user), whatever the umask; a run dir that is shared, foreign or not a
 directory is refused, never trusted; peers of another uid get nothing run."""
 
 import os
+import pathlib
 import pickle
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -17,6 +20,16 @@ from swarm._core.frame import KIND_TASK, pack_header
 
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch uid")
+
+
+@pytest.fixture
+def open_base():
+    """A folder anyone may walk through (pytest's tmp_path sits under a 0700
+    folder, which would deny other users for the wrong reason)."""
+    path = pathlib.Path(tempfile.mkdtemp(prefix="swarm-sec-"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path)
 
 WORKER = """
     import os
@@ -72,10 +85,9 @@ def _as_nobody(path):
 
 @needs_root
 @pytest.mark.parametrize("umask", [0o022, 0o000], ids=["umask-022", "umask-000"])
-def test_another_user_cannot_reach_a_worker_whatever_the_umask(tmp_path, umask):
-    run_dir = tmp_path / "run"          # created by the worker, under its umask
-    os.chmod(tmp_path, 0o755)           # others may walk up to the run dir
-    proc, path, marker = _start_worker(tmp_path, run_dir, umask)
+def test_another_user_cannot_reach_a_worker_whatever_the_umask(open_base, umask):
+    run_dir = open_base / "run"         # created by the worker, under its umask
+    proc, path, marker = _start_worker(open_base, run_dir, umask)
     try:
         assert os.stat(run_dir).st_mode & 0o777 == 0o700
         assert _as_nobody(path) == "denied"
@@ -86,12 +98,11 @@ def test_another_user_cannot_reach_a_worker_whatever_the_umask(tmp_path, umask):
 
 
 @needs_root
-def test_with_the_run_dir_opened_up_the_worker_still_refuses_another_uid(tmp_path):
+def test_with_the_run_dir_opened_up_the_worker_still_refuses_another_uid(open_base):
     # Defence in depth: even if the run dir's protection is lost, the worker
     # checks SO_PEERCRED and hangs up before reading a byte.
-    run_dir = tmp_path / "run"
-    os.chmod(tmp_path, 0o755)
-    proc, path, marker = _start_worker(tmp_path, run_dir, 0o022)
+    run_dir = open_base / "run"
+    proc, path, marker = _start_worker(open_base, run_dir, 0o022)
     try:
         os.chmod(run_dir, 0o755)
         os.chmod(path, 0o777)
@@ -103,10 +114,9 @@ def test_with_the_run_dir_opened_up_the_worker_still_refuses_another_uid(tmp_pat
 
 
 @needs_root
-def test_pool_workers_are_out_of_reach_of_another_user(tmp_path, monkeypatch):
+def test_pool_workers_are_out_of_reach_of_another_user(open_base, monkeypatch):
     from swarm.client import Pool
-    run_dir = tmp_path / "run"
-    os.chmod(tmp_path, 0o755)
+    run_dir = open_base / "run"
     monkeypatch.setenv("SWARM_RUN_DIR", str(run_dir))
     old = os.umask(0)
     try:
