@@ -18,12 +18,12 @@ except ImportError as exc:  # pragma: no cover - only without a build
         "running tests from a source checkout, run `pytest`, not `python -m "
         "pytest`: the latter imports the unbuilt source tree.") from exc
 from swarm.errors import (PeerClosed, PoolClosed, ProtocolError, RemoteTraceback,
-                          SwarmError, TaskError, WorkerDied, WorkerNotFound,
-                          WorkerStartError)
+                          SwarmError, TaskError, TruncatedFrame, WorkerDied,
+                          WorkerNotFound, WorkerStartError)
 from swarm.client import Socket
 
 __all__ = [
     "__version__", "Socket",
-    "SwarmError", "ProtocolError", "PeerClosed", "WorkerNotFound",
+    "SwarmError", "ProtocolError", "PeerClosed", "TruncatedFrame", "WorkerNotFound",
     "WorkerStartError", "WorkerDied", "PoolClosed", "TaskError", "RemoteTraceback",
 ]

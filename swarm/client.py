@@ -40,7 +40,7 @@ from swarm._core.reorder import ReorderBuffer
 from swarm._core.sock import Channel
 from swarm._core.taskqueue import TaskQueue
 from swarm.errors import (PeerClosed, PoolClosed, ProtocolError, SwarmError, TaskError,
-                          WorkerDied, WorkerNotFound, WorkerStartError)
+                          TruncatedFrame, WorkerDied, WorkerNotFound, WorkerStartError)
 
 __all__ = ["Socket"]
 
@@ -1269,7 +1269,12 @@ class Pool:
             if worker.chan.flush():
                 return
         except OSError:
-            self._on_worker_lost(worker)
+            # The worker is gone; the replies it sent before it went are
+            # still to be read (a finished task must not be charged with
+            # the death). Reading reaches its EOF and handles the loss.
+            self._on_readable(worker)
+            if not worker.is_dead:
+                self._on_worker_lost(worker)
             return
         # The socket is full: wait until it is writable (big frames).
         self._poller.modify(worker.chan.fileno(), select.POLLIN | select.POLLOUT)
@@ -1281,8 +1286,8 @@ class Pool:
                 if chan.flush():
                     self._poller.modify(chan.fileno(), select.POLLIN)
             except OSError:
-                self._on_worker_lost(worker)
-                return
+                # Gone: read what it answered first; the read ends in EOF.
+                self._poller.modify(chan.fileno(), select.POLLIN)
         inflight = worker.inflight
         try:
             while True:
@@ -1331,7 +1336,9 @@ class Pool:
             # IndexError: a frame nobody asked for; MemoryError: no room for
             # a frame within max_frame. Either way this worker's stream
             # cannot be trusted any more.
-            if not isinstance(exc, (PeerClosed, ConnectionError)):
+            if isinstance(exc, TruncatedFrame):
+                log.info("worker %d went away while sending: %s", worker.pid, exc)
+            elif not isinstance(exc, (PeerClosed, ConnectionError)):
                 log.error("worker %d: %s: %s; replacing it", worker.pid,
                           type(exc).__name__, exc)
             self._on_worker_lost(worker)

@@ -20,6 +20,11 @@ class PeerClosed(SwarmError, ConnectionError):
     """The peer closed the connection between two frames."""
 
 
+class TruncatedFrame(ProtocolError, PeerClosed):
+    """The peer closed the connection inside a frame: it died (or hung up)
+    while sending. Both a protocol error for that frame and a closed peer."""
+
+
 class WorkerNotFound(SwarmError):
     """No live swarm worker listens for the given pid."""
 

@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from swarm import PeerClosed, ProtocolError
+from swarm import PeerClosed, ProtocolError, TruncatedFrame
 from swarm._core.frame import KIND_RESULT, KIND_TASK, pack_header
 from swarm._core.sock import Channel
 
@@ -169,8 +169,10 @@ def test_close_inside_a_frame_is_a_protocol_error(pair):
     raw.sendall(pack_header(KIND_TASK, 1, 0, 100) + b"abc")
     raw.detach()
     left.close()
-    with pytest.raises(ProtocolError, match="closed inside a frame"):
+    with pytest.raises(TruncatedFrame, match="closed inside a frame") as info:
         right.read_frame()
+    # Both a protocol error for that frame and a peer that went away.
+    assert isinstance(info.value, ProtocolError) and isinstance(info.value, PeerClosed)
 
 
 def test_closed_channel_refuses_io():

@@ -21,8 +21,9 @@ Python-visible surface:
     list of writable bytearrays the frame's arrays are to be rebuilt over
     (``pickle.loads(body, buffers=buffers)``). None: a non-blocking channel
     has no complete frame yet. Raises ``PeerClosed`` at a clean end of
-    stream, ``ProtocolError`` for a malformed or truncated frame (the
-    channel is then unusable), ``TimeoutError`` when a blocking channel's
+    stream, ``ProtocolError`` for a malformed frame and ``TruncatedFrame``
+    (both a ProtocolError and a PeerClosed) for one cut off by the peer's
+    close (the channel is then unusable), ``TimeoutError`` when a blocking channel's
     ``SO_RCVTIMEO`` runs out.
 ``fileno()``, ``close()``, ``closed``, ``buffered`` (received bytes not yet
 consumed), ``pending`` (True while queued bytes are not yet written).
@@ -45,7 +46,7 @@ from swarm._core.frame cimport (
 import os
 import pickle
 
-from swarm.errors import PeerClosed, ProtocolError
+from swarm.errors import PeerClosed, ProtocolError, TruncatedFrame
 from swarm._core.frame import DEFAULT_MAX_FRAME
 
 cdef object _dumps = pickle.dumps
@@ -304,7 +305,7 @@ cdef class Channel:
                     if r == 0:
                         if self._rend == self._rpos:
                             raise PeerClosed("peer closed the connection")
-                        raise ProtocolError(
+                        raise TruncatedFrame(
                             f"connection closed inside a frame header "
                             f"({self._rend - self._rpos} of {need} bytes received)")
                     if r < 0:
@@ -385,7 +386,7 @@ cdef class Channel:
                 if r > 0:
                     self._rend = r
             if r == 0:
-                raise ProtocolError(
+                raise TruncatedFrame(
                     f"connection closed inside a frame ({self._dst_left} bytes "
                     f"of the {'body' if self._target < 0 else 'buffer %d' % self._target} "
                     f"missing)")
