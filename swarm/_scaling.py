@@ -12,7 +12,8 @@ How it decides (per requestor with a tta, tightest tta first):
   still counts. No step is taken on fewer than MIN_SAMPLES samples.
 - Projected finish = now + remaining tasks x task time / workers + one
   task time (the last task's tail).
-- Workers needed = remaining work / (time left x SAFETY - START_S). When
+- Workers needed = remaining work / (time left x SAFETY - START_S - one
+  task time, for the last task's tail). When
   that exceeds what the requestor has, the pool launches the difference in
   one step, then waits SETTLE for the new workers' effect before the next.
 - Early in a batch the finished tasks are the short ones (the long ones
@@ -44,7 +45,7 @@ OUTLIER_FACTOR = 10.0
 MIN_SAMPLES = 2
 # Plan to finish within this share of the time left: margin for the noise
 # of a shared machine and for the tail of a skewed batch.
-SAFETY = 0.8
+SAFETY = 0.75
 # Time a new worker takes to start serving, in seconds (interpreter start +
 # imports); counted against the time it can contribute.
 START_S = 0.15
@@ -106,7 +107,7 @@ def projected_finish(now: float, remaining: int, task_s: float, workers: int) ->
 def workers_needed(now: float, tta: float, remaining: int, task_s: float,
                    max_workers: int) -> int:
     """Workers that finish `remaining` tasks by tta, within max_workers."""
-    usable = (tta - now) * SAFETY - START_S
+    usable = (tta - now) * SAFETY - START_S - task_s
     if usable <= task_s:
         return max_workers  # late or nearly: run at full speed
     return min(max_workers, max(1, math.ceil(remaining * task_s / usable)))
