@@ -28,6 +28,9 @@ How it decides (per requestor with a tta, tightest tta first):
   completion rate grew by less than SATURATION_GAIN of what the added
   workers should have brought, growth stops at that size. Either way the
   requestor's stats say "saturated" instead of processes piling up.
+- Shrinking: a requestor projected to finish ahead of its tta that holds
+  more than needed + SHRINK_SLACK workers lets the surplus drain (finish
+  what they hold, take no new task) and retire, down to the pool's size.
 """
 
 from __future__ import annotations
@@ -141,6 +144,9 @@ def is_saturated(rate_before: float, workers_before: int, rate_after: float,
     return rate_after - rate_before < SATURATION_GAIN * expected_gain
 
 
+# Workers beyond those needed that a requestor ahead of its tta keeps
+# before it gives any back (hysteresis against growing and shrinking in turn).
+SHRINK_SLACK = 1
 # Share of all CPUs busy (any process) at which the machine counts as
 # saturated: a new worker would only share cores with the ones running.
 BUSY_SATURATED = 0.9

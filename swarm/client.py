@@ -399,7 +399,8 @@ class _Requestor:
         self.workers_launched = 0    # workers the pool started for this requestor
         self.projected_finish: Optional[float] = None
         self.saturated = False       # wanted more workers, but they would not help
-        self._next_step_at = 0.0     # monotonic time before which no new step
+        self._next_step_at = 0.0     # monotonic time before which no growth step
+        self._shrink_ok_at = 0.0     # ... and before which no shrinking
         self._progress: Any = None   # a tqdm bar the I/O thread refreshes
 
     @property
@@ -684,7 +685,8 @@ class _Worker:
 
     __slots__ = ("proc", "pid", "chan", "ready_fd", "stderr_fd", "stderr_tail",
                  "requestor", "init_for", "init_failed", "inflight", "seq",
-                 "is_ready", "is_dead", "last_busy", "is_fresh", "head_since")
+                 "is_ready", "is_dead", "last_busy", "is_fresh", "head_since",
+                 "is_draining")
 
     def __init__(self, proc: subprocess.Popen, ready_fd: int) -> None:
         self.proc = proc
@@ -706,6 +708,7 @@ class _Worker:
         self.last_busy = time.monotonic()   # last send or reply, for retirement
         self.is_fresh = True                # no task answered yet (warm-up)
         self.head_since = 0.0               # when the oldest frame in flight began to run
+        self.is_draining = False            # takes no new task; retires when idle
 
     def exit_description(self) -> str:
         code = self.proc.poll()
@@ -1189,7 +1192,7 @@ class Pool:
             return
         # A snapshot: a send can find a worker dead, which replaces it.
         for worker in list(self._workers.values()):
-            if not worker.is_ready or worker.is_dead:
+            if not worker.is_ready or worker.is_dead or worker.is_draining:
                 continue
             requestor = worker.requestor
             lane = requestor._lane if requestor is not None else -1
@@ -1414,10 +1417,10 @@ class Pool:
         cpu_saturated = self._cpu.is_saturated(worker_share)
         live = len(self._workers)
         step = self._step
-        if step is not None:
-            ready_at = step.get("ready_at")
-            if ready_at is None or now < ready_at + step["window"]:
-                return  # the last step is still starting or settling
+        settling = step is not None and (step.get("ready_at") is None or
+                                         now < step["ready_at"] + step["window"])
+        if step is not None and not settling:
+            ready_at = step["ready_at"]
             self._step = None
             after = self._rate.rate(ready_at, now)
             if (step["rate_before"] is not None and after is not None
@@ -1438,8 +1441,12 @@ class Pool:
             remaining = r._submitted - r.tasks_done - r.tasks_failed
             have = max(1, r.workers_assigned)
             r.projected_finish = _scaling.projected_finish(wall, remaining, task_s, have)
-            if r.projected_finish <= r.tta or now < r._next_step_at:
+            if r.projected_finish <= r.tta:
+                if now >= r._shrink_ok_at:
+                    self._shrink_if_ahead(r, now, wall, remaining, task_s, have)
                 continue
+            if settling or now < r._next_step_at:
+                continue  # the last step is still starting or settling
             if self._cpu.busy is None and _scaling.CpuMeter._read() is not None:
                 continue  # no CPU reading yet: judge on the next tick
             if (self._cpu.busy is not None and self._cpu.busy >= _scaling.BUSY_SATURATED
@@ -1468,6 +1475,7 @@ class Pool:
                           "rate_before": self._rate.rate(now - window, now),
                           "workers_before": live}
             r._next_step_at = now + window
+            r._shrink_ok_at = now + _scaling.START_S + _scaling.SETTLE_S
             return  # one step at a time, so its effect can be judged
 
     def _expire_tasks(self, now: float) -> None:
@@ -1495,8 +1503,38 @@ class Pool:
                 phase="timeout", exc_type="TimeoutError",
                 exception=TimeoutError(f"task {index} ran over {limit:g} s")))
 
+    def _shrink_if_ahead(self, r: _Requestor, now: float, wall: float, remaining: int,
+                         task_s: float, have: int) -> None:
+        """A requestor well ahead of its tta with workers launched for it
+        gives back those it does not need: they drain (finish what they
+        hold, take nothing new) and retire. Never below the pool's size;
+        SHRINK_SLACK workers of hysteresis keep it from see-sawing."""
+        needed = _scaling.workers_needed(wall, r.tta, remaining, task_s, self.max_workers)
+        surplus = min(have - needed - _scaling.SHRINK_SLACK,
+                      len(self._workers) - self.size)
+        if surplus <= 0:
+            return
+        drained = 0
+        for worker in list(self._workers.values()):
+            if drained >= surplus:
+                break
+            if worker.requestor is r and worker.is_ready and not worker.is_draining:
+                worker.is_draining = True
+                r.workers_assigned -= 1
+                worker.requestor = None
+                drained += 1
+        r._shrink_ok_at = now + _scaling.SETTLE_S
+        if drained:
+            log.info("requestor %d is ahead of its tta: %d workers drain and retire",
+                     r._lane, drained)
+
     def _retire_idle(self, now: float) -> None:
-        """Workers beyond the configured size that sat idle retire."""
+        """Workers beyond the configured size that sat idle retire, and
+        draining workers retire as soon as their last task is answered."""
+        for worker in list(self._workers.values()):
+            if worker.is_draining and worker.is_ready and not worker.inflight \
+                    and not worker.chan.pending:
+                self._retire(worker)
         if len(self._workers) <= self.size or len(self._queue):
             return
         for worker in list(self._workers.values()):

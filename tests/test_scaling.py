@@ -144,3 +144,22 @@ def test_progress_without_tqdm_says_how_to_get_it(monkeypatch):
     with Pool(workers=1) as pool:
         with pytest.raises(ImportError, match=r"swarm\[progress\]"):
             _sleep_batch(pool, 1, 0).start(progress=True)
+
+
+def test_a_requestor_ahead_of_its_tta_gives_workers_back():
+    # The first tasks are slow, so the pool grows; the rest are quick, so
+    # the projection moves well ahead of the tta and the extra workers
+    # drain and retire while the batch still runs.
+    tasks = [(_tasks.sleep_then, 0.4, i) for i in range(4)] + \
+            [(_tasks.sleep_then, 0.01, i) for i in range(4, 600)]
+    with Pool(workers=1, max_workers=6, idle_timeout=60) as pool:
+        batch = BatchManager(pool, tasks).batch
+        batch.start(tta=time.time() + 6.0)
+        sizes = []
+        for _ in batch.yield_results():
+            sizes.append(len(pool.pids))
+        stats = batch.stats
+    peak = max(sizes)
+    assert stats["workers_launched"] >= 1 and peak >= 3
+    assert min(sizes[sizes.index(peak):]) < peak, sizes[::20]
+    assert stats["tta_met"] is True
