@@ -1231,15 +1231,11 @@ class Pool:
             return
         try:
             chan.push(KIND_TASK, worker.seq + 1, 0, task)
-        except ProtocolError as exc:
+        except Exception as exc:  # nothing was queued: the stream is intact
+            why = (str(exc) if isinstance(exc, ProtocolError) else   # over max_frame
+                   f"task could not be pickled: {type(exc).__qualname__}: {exc}")
             self._fail(requestor, index, TaskError(
-                f"task {index}: {exc}", task_id=index, phase="task pickling in the client",
-                exc_type=type(exc).__qualname__, exception=exc))
-            return
-        except Exception as exc:
-            self._fail(requestor, index, TaskError(
-                f"task {index}: task could not be pickled: {type(exc).__qualname__}: {exc}",
-                task_id=index, phase="task pickling in the client",
+                f"task {index}: {why}", task_id=index, phase="task pickling in the client",
                 exc_type=type(exc).__qualname__, exception=exc))
             return
         worker.seq += 1
