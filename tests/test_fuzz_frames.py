@@ -319,7 +319,8 @@ def _mutate(data, frames: List[Built]) -> bytes:
                 st.integers(0, 2**32 - 1),
                 st.sampled_from([0, MAX_FRAME - HEADER, MAX_FRAME - HEADER + 1, MAX_FRAME,
                                  2**31, 2**32 - 1]),
-                st.integers(max(0, cur_body - 16), cur_body + 16)), label="body_len")
+                st.integers(max(0, cur_body - 16), min(2**32 - 1, cur_body + 16))),
+                label="body_len")
             struct.pack_into("<I", wire, o + 12, value)
         elif field == "nbufs":
             value = data.draw(st.one_of(
@@ -333,8 +334,9 @@ def _mutate(data, frames: List[Built]) -> bytes:
             value = data.draw(st.one_of(
                 _U64,
                 st.sampled_from([MAX_FRAME, MAX_FRAME + 1, 2**63, 2**64 - 1,
-                                 2**64 - cur_body]),
-                st.integers(max(0, cur - 16), cur + 16)), label="buffer length")
+                                 2**64 - 1 - cur_body]),   # sums past 2**64
+                st.integers(max(0, cur - 16), min(2**64 - 1, cur + 16))),
+                label="buffer length")
             struct.pack_into("<Q", wire, o + HEADER + 8 * j, value)
         elif field == "kind":
             wire[o + 5] = data.draw(st.integers(0, 255), label="kind")

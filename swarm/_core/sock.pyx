@@ -337,9 +337,9 @@ cdef class Channel:
         for i in range(n):
             memcpy(&length, table + 8 * i, 8)
             if length > self._max_frame or total + length > self._max_frame:
-                raise ProtocolError(
-                    f"frame of at least {total + length} bytes is over the frame "
-                    f"limit of {self._max_frame} bytes")
+                raise ProtocolError(   # the sum in Python ints: it may exceed 64 bits
+                    f"frame of at least {<object>total + <object>length} bytes is over "
+                    f"the frame limit of {self._max_frame} bytes")
             total += length
         self._body = PyBytes_FromStringAndSize(NULL, self._hdr.body_len)
         if n == 0:
