@@ -40,8 +40,8 @@ __all__ = ["Stats", "Check", "Placement", "parse_args", "measure", "environment"
 
 
 def parse_args(description: str, argv: Optional[Sequence[str]] = None,
-               configure: Optional[Callable[[argparse.ArgumentParser], None]] = None
-               ) -> argparse.Namespace:
+               configure: Optional[Callable[[argparse.ArgumentParser], None]] = None,
+               default_pin: str = "none") -> argparse.Namespace:
     """Parse the common flags; ``configure(parser)``, if given, adds a
     script's own flags first."""
     parser = argparse.ArgumentParser(description=description)
@@ -51,10 +51,11 @@ def parse_args(description: str, argv: Optional[Sequence[str]] = None,
                         help="few repeats and iterations: a smoke run of a few seconds (CI)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON document on stdout instead of the tables")
-    parser.add_argument("--pin", choices=("none", "same", "split"), default="none",
-                        help="CPU placement (Linux): none = leave it to the scheduler "
-                             "(default); same = this process and every child on one CPU; "
-                             "split = this process on one CPU, the children on another")
+    parser.add_argument("--pin", choices=("none", "same", "split"), default=default_pin,
+                        help="CPU placement (Linux): none = leave it to the scheduler; "
+                             "same = this process and every child on one CPU; "
+                             "split = this process on one CPU, the children on another "
+                             f"(default: {default_pin})")
     return parser.parse_args(argv)
 
 

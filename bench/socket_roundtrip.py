@@ -39,9 +39,11 @@ Method
 CPU placement matters as much as the transport on a small or busy machine:
 a round trip whose two processes share a CPU costs a context switch, one
 whose processes sit on different CPUs costs a cross-CPU wake-up, which is
-far slower when the other CPU is busy. With ``--pin none`` (the default) the
-scheduler decides, per process pair, so transports may be placed unlike each
-other; ``--pin same`` / ``--pin split`` place every transport alike. When
+far slower when the other CPU is busy. The default, ``--pin split``, puts
+this process on one CPU and every child on another, as a pool's workers
+run on other cores than its client; ``--pin same`` puts them all on one;
+``--pin none`` lets the scheduler decide per process pair, so transports
+may be placed unlike each other and the comparison is a lottery. When
 median and min differ widely, the samples were bimodal: rerun, or pin.
 
 The three checks printed at the end are informational: the script exits 0
@@ -290,7 +292,7 @@ def make_checks(small, big):
 
 
 def main(argv=None) -> int:
-    args = h.parse_args(__doc__.splitlines()[0], argv)
+    args = h.parse_args(__doc__.splitlines()[0], argv, default_pin="split")
     plan = QUICK_PLAN if args.quick else DEFAULT_PLAN
     env = h.environment()
 

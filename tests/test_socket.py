@@ -196,3 +196,31 @@ def test_two_clients_are_served_by_one_worker(echo_worker):
         for i in range(20):
             assert first.do_task([i, (i,)]) == (i, i)
             assert second.do_task([i, (-i,)]) == (i, -i)
+
+
+def test_a_second_client_is_served_while_the_first_keeps_the_worker_busy(echo_worker):
+    # With one client the worker blocks in that client's recv (the fast
+    # path); it must still let a newcomer in while that client is busy.
+    import threading
+    stop = threading.Event()
+    with Socket(echo_worker.pid) as busy:
+        busy.connect()
+
+        def hammer():
+            i = 0
+            while not stop.is_set():
+                assert busy.do_task([i, (i,)]) == (i, i)
+                i += 1
+
+        thread = threading.Thread(target=hammer)
+        thread.start()
+        try:
+            time.sleep(0.3)
+            start = time.monotonic()
+            with Socket(echo_worker.pid) as newcomer:
+                newcomer.connect()
+                assert newcomer.do_task(["late", (7,)], timeout=5) == ("late", 7)
+            assert time.monotonic() - start < 2
+        finally:
+            stop.set()
+            thread.join()
