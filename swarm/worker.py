@@ -147,8 +147,17 @@ class _Worker:
         except (_Terminate, KeyboardInterrupt):
             pass
         finally:
-            self._shutdown()
-            signal.signal(signal.SIGTERM, previous)
+            # When the pool dies, its connection's EOF and PR_SET_PDEATHSIG's
+            # SIGTERM arrive together: the EOF may start this cleanup and the
+            # signal then interrupt it. Cleanup is idempotent, so a late
+            # signal just runs it again; the socket file never stays behind.
+            while True:
+                try:
+                    self._shutdown()
+                    signal.signal(signal.SIGTERM, previous)
+                    break
+                except (_Terminate, KeyboardInterrupt):
+                    continue
 
     def _watch_parent(self) -> None:
         try:
