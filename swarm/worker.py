@@ -23,8 +23,7 @@ two kinds of frames:
 
 Connections: several clients may be connected at once; the worker serves
 them in turn, one frame at a time, in a single thread (tasks never run
-concurrently inside one worker). With one client it waits in recv on that
-connection and looks for newcomers every SOLE_CLIENT_CHECK_S. Peers of another uid are refused
+concurrently inside one worker). Peers of another uid are refused
 (SO_PEERCRED). A worker started by a Pool exits when that pool's connection
 closes, when the pool's process dies, or on SIGTERM; a worker started by
 hand runs until SIGTERM or Ctrl-C. The socket file is removed in every one
@@ -72,11 +71,6 @@ STALLED_FRAME_S = 30.0
 # the backstop for PR_SET_PDEATHSIG when the worker is deep in C code.
 PARENT_CHECK_S = 1.0
 PR_SET_PDEATHSIG = 1
-# With a single client, the worker waits in recv on that connection rather
-# than in poll and then recv (measured across CPUs: 49.5 -> 41-43 us per
-# round trip), and looks at the listening socket for new clients this
-# often, idle or busy.
-SOLE_CLIENT_CHECK_S = 0.1
 
 
 class _Terminate(BaseException):
@@ -222,8 +216,6 @@ class _Worker:
         listen_fd = self.listener.fileno()
         poller.register(listen_fd, select.POLLIN)
         while True:
-            if len(self.channels) == 1 and not self._serve_sole(poller, listen_fd):
-                return
             for fd, _ in poller.poll():
                 if fd == listen_fd:
                     self._accept(poller)
@@ -237,50 +229,6 @@ class _Worker:
                     chan.close()
                     if fd == self.owner_fd:
                         return  # our pool is gone: so are we
-
-    def _serve_sole(self, poller, listen_fd: int) -> bool:
-        """Serve the only connection by blocking in its recv. Return True
-        when another client knocks or the connection ends, False when it
-        was the owning pool's (the worker then exits)."""
-        (fd, chan), = self.channels.items()
-        knock = select.poll()
-        knock.register(listen_fd, select.POLLIN)
-        _set_rcvtimeo(fd, SOLE_CLIENT_CHECK_S)
-        stalled_since = None
-        next_check = time.monotonic() + SOLE_CLIENT_CHECK_S
-        try:
-            while True:
-                try:
-                    frame = chan.read_frame()
-                except TimeoutError:
-                    if knock.poll(0):
-                        return True  # a new client: back to serving several
-                    if not chan.in_frame:
-                        stalled_since = None
-                        continue
-                    # Mid-frame: only a non-owner peer is cut off for stalling.
-                    stalled_since = stalled_since or time.monotonic()
-                    if fd != self.owner_fd and \
-                            time.monotonic() - stalled_since > STALLED_FRAME_S:
-                        raise
-                    continue
-                stalled_since = None
-                assert frame is not None  # blocking channel: a frame or an exception
-                self._handle(chan, *frame)
-                chan.flush()
-                now = time.monotonic()
-                if now >= next_check:  # a busy client must not lock others out
-                    next_check = now + SOLE_CLIENT_CHECK_S
-                    if knock.poll(0):
-                        return True
-        except (PeerClosed, ProtocolError, TimeoutError, ConnectionError):
-            poller.unregister(fd)
-            del self.channels[fd]
-            chan.close()
-            return fd != self.owner_fd
-        finally:
-            if fd in self.channels:  # the owner has no receive timeout
-                _set_rcvtimeo(fd, 0 if fd == self.owner_fd else STALLED_FRAME_S)
 
     def _accept(self, poller) -> None:
         conn, _ = self.listener.accept()
@@ -387,15 +335,6 @@ class _Worker:
     def _reply_error(self, chan, task_id, start, phase, exc) -> None:
         chan.push(KIND_ERROR, task_id, time.perf_counter_ns() - start,
                   _error_body(phase, exc))
-
-
-def _set_rcvtimeo(fd: int, seconds: float) -> None:
-    sock = socket.socket(fileno=fd)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                        struct.pack("ll", int(seconds), int((seconds % 1) * 1e6)))
-    finally:
-        sock.detach()
 
 
 def _raise_terminate(signum, frame):

@@ -19,9 +19,6 @@ class Channel:
     def buffered(self) -> int:
         """Received bytes not yet consumed."""
     @property
-    def in_frame(self) -> bool:
-        """True once part of a frame has arrived and the rest has not."""
-    @property
     def pending(self) -> bool:
         """True while queued frames are not fully written."""
     @property

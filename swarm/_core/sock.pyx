@@ -26,8 +26,7 @@ Python-visible surface:
     close (the channel is then unusable), ``TimeoutError`` when a blocking channel's
     ``SO_RCVTIMEO`` runs out.
 ``fileno()``, ``close()``, ``closed``, ``buffered`` (received bytes not yet
-consumed), ``in_frame`` (part of a frame received, the rest not yet),
-``pending`` (True while queued bytes are not yet written).
+consumed), ``pending`` (True while queued bytes are not yet written).
 """
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
@@ -124,11 +123,6 @@ cdef class Channel:
     @property
     def buffered(self):
         return self._rend - self._rpos
-
-    @property
-    def in_frame(self):
-        """True once part of a frame has arrived and the rest has not."""
-        return self._stage != STAGE_HEADER or self._rend > self._rpos
 
     @property
     def pending(self):
