@@ -1690,19 +1690,16 @@ class Pool:
                     worker.proc.terminate()
                 except OSError:
                     pass
-        deadline = time.monotonic() + STOP_GRACE_S
+        # Escalate: the EOF, then SIGTERM, then SIGKILL, a grace period each.
+        for escalate in (subprocess.Popen.terminate, subprocess.Popen.kill):
+            deadline = time.monotonic() + STOP_GRACE_S
+            for worker in workers:
+                try:
+                    worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    escalate(worker.proc)
         for worker in workers:
-            try:
-                worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                worker.proc.terminate()
-        deadline = time.monotonic() + STOP_GRACE_S
-        for worker in workers:
-            try:
-                worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                worker.proc.kill()
-                worker.proc.wait()
+            worker.proc.wait()
             if worker.proc.stderr is not None:
                 worker.proc.stderr.close()
             try:
