@@ -4,6 +4,7 @@ every test must leave no child process, no open fd and no socket file."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,11 @@ os.chmod(_RUN_DIR, 0o700)
 os.environ["SWARM_RUN_DIR"] = _RUN_DIR
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The run dir is this session's own: it goes with the session."""
+    shutil.rmtree(_RUN_DIR, ignore_errors=True)
 # How long a test may take to reap what it started before it is a leak.
 REAP_S = 10.0
 
