@@ -1239,10 +1239,11 @@ class Pool:
                 exc_type=type(exc).__qualname__, exception=exc))
             return
         worker.seq += 1
+        now = time.monotonic()
         if not worker.inflight:
-            worker.head_since = time.monotonic()
+            worker.head_since = now
         worker.inflight.append((requestor, index, task))
-        worker.last_busy = time.monotonic()
+        worker.last_busy = now
 
     def _send_init(self, worker: _Worker, requestor: _Requestor, init_data: Any) -> None:
         try:
@@ -1288,16 +1289,23 @@ class Pool:
                 # Gone: read what it answered first; the read ends in EOF.
                 self._poller.modify(chan.fileno(), select.POLLIN)
         inflight = worker.inflight
+        # One clock reading per wake-up: the frames it brings arrived together.
+        now = time.monotonic()
         try:
             while True:
                 frame = chan.read_frame()
                 if frame is None:
                     if not inflight:
-                        worker.last_busy = time.monotonic()
+                        worker.last_busy = now
                     return
                 kind, seq, aux, body, buffers = frame
+                # Replies come in send order: the head's sequence number is
+                # derived, not stored per task.
+                if seq != worker.seq - len(inflight) + 1:
+                    raise ProtocolError(f"worker {worker.pid} answered frame {seq}, expected "
+                                        f"{worker.seq - len(inflight) + 1}")
                 requestor, index, _task = inflight.popleft()
-                worker.head_since = time.monotonic()  # the next frame starts now
+                worker.head_since = now  # the next frame starts now
                 if index < 0:
                     self._on_init_reply(worker, requestor, kind, body, buffers)
                     continue
@@ -1307,7 +1315,7 @@ class Pool:
                 if self._retries:
                     self._retries.pop((requestor._lane, index), None)
                 if self._rate is not None:
-                    self._rate.tick(time.monotonic())
+                    self._rate.tick(now)
                 if kind == KIND_RESULT:
                     try:
                         value = pickle.loads(body, buffers=buffers)
@@ -1331,10 +1339,10 @@ class Pool:
                     self._queue.push_front(requestor._lane, index, _task)
                 else:
                     self._fail(requestor, index, _task_error(body, buffers, index))
-        except (PeerClosed, ProtocolError, ConnectionError, IndexError, MemoryError) as exc:
-            # IndexError: a frame nobody asked for; MemoryError: no room for
-            # a frame within max_frame. Either way this worker's stream
-            # cannot be trusted any more.
+        except (PeerClosed, ProtocolError, ConnectionError, MemoryError) as exc:
+            # ProtocolError also covers a reply out of sequence (or to no
+            # frame at all); MemoryError: no room for a frame within
+            # max_frame. Either way this stream cannot be trusted any more.
             if isinstance(exc, TruncatedFrame):
                 log.info("worker %d went away while sending: %s", worker.pid, exc)
             elif not isinstance(exc, (PeerClosed, ConnectionError)):
