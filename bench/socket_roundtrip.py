@@ -148,16 +148,21 @@ def start_pipe(stack: contextlib.ExitStack):
         except OSError:
             pass
         parent.close()
-        proc.join(STOP_TIMEOUT_S)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(STOP_TIMEOUT_S)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
+        _stop_process(proc)
 
     stack.callback(stop)
     return parent
+
+
+def _stop_process(proc: multiprocessing.Process) -> None:
+    """Join a child that was told to stop; escalate to SIGTERM, then SIGKILL."""
+    proc.join(STOP_TIMEOUT_S)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(STOP_TIMEOUT_S)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
 
 
 def start_raw(stack: contextlib.ExitStack, nbytes: int) -> socket.socket:
@@ -170,13 +175,7 @@ def start_raw(stack: contextlib.ExitStack, nbytes: int) -> socket.socket:
         with contextlib.suppress(OSError):
             parent.shutdown(socket.SHUT_RDWR)
         parent.close()
-        proc.join(STOP_TIMEOUT_S)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(STOP_TIMEOUT_S)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
+        _stop_process(proc)
 
     stack.callback(stop)
     return parent
