@@ -23,7 +23,9 @@ two kinds of frames:
 
 Connections: several clients may be connected at once; the worker serves
 them in turn, one frame at a time, in a single thread (tasks never run
-concurrently inside one worker). Peers of another uid are refused
+concurrently inside one worker). With a single client it waits in recv on
+that connection, and looks for newcomers every SOLE_CLIENT_CHECK_S, idle or
+busy. Peers of another uid are refused
 (SO_PEERCRED). A worker started by a Pool exits when that pool's connection
 closes, when the pool's process dies, or on SIGTERM; a worker started by
 hand runs until SIGTERM or Ctrl-C. The socket file is removed in every one
@@ -71,6 +73,11 @@ STALLED_FRAME_S = 30.0
 # the backstop for PR_SET_PDEATHSIG when the worker is deep in C code.
 PARENT_CHECK_S = 1.0
 PR_SET_PDEATHSIG = 1
+# With a single client, the worker waits in recv on that connection rather
+# than in poll and then recv (one syscall less per task; measured across
+# CPUs: 49.5 -> 41-43 us per round trip), and looks at the listening socket
+# for new clients this often, idle or busy.
+SOLE_CLIENT_CHECK_S = 0.1
 
 
 class _Terminate(BaseException):
@@ -135,6 +142,14 @@ class _Worker:
             # the whole process group and must not print worker tracebacks.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             self._watch_parent()
+        # Linux gives a process-directed signal to any thread that does not
+        # block it (a library's thread pool, our parent watchdog), and the
+        # main thread would sleep on in poll. The C handler also writes the
+        # signal number to this socket, which the loop polls.
+        self.wakeup_r, wakeup_w = socket.socketpair()
+        self.wakeup_r.setblocking(False)
+        wakeup_w.setblocking(False)
+        previous_wakeup = signal.set_wakeup_fd(wakeup_w.fileno(), warn_on_full_buffer=False)
         try:
             self._listen()
             self._loop()
@@ -149,6 +164,9 @@ class _Worker:
                 try:
                     self._shutdown()
                     signal.signal(signal.SIGTERM, previous)
+                    signal.set_wakeup_fd(previous_wakeup)
+                    self.wakeup_r.close()
+                    wakeup_w.close()
                     break
                 except (_Terminate, KeyboardInterrupt):
                     continue
@@ -163,6 +181,7 @@ class _Worker:
             raise SystemExit(0)  # the pool died before we got here
 
         def watchdog():
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
             while True:
                 time.sleep(PARENT_CHECK_S)
                 if os.getppid() != self.owner_pid:
@@ -214,11 +233,18 @@ class _Worker:
     def _loop(self) -> None:
         poller = select.poll()
         listen_fd = self.listener.fileno()
+        wakeup_fd = self.wakeup_r.fileno()
         poller.register(listen_fd, select.POLLIN)
+        poller.register(wakeup_fd, select.POLLIN)
         while True:
+            if len(self.channels) == 1 and not self._serve_sole(poller, listen_fd):
+                return  # our pool is gone: so are we
             for fd, _ in poller.poll():
                 if fd == listen_fd:
                     self._accept(poller)
+                    continue
+                if fd == wakeup_fd:
+                    self._drain_wakeup()  # the signal's handler runs now
                     continue
                 chan = self.channels.get(fd)
                 if chan is None:
@@ -229,6 +255,58 @@ class _Worker:
                     chan.close()
                     if fd == self.owner_fd:
                         return  # our pool is gone: so are we
+
+    def _serve_sole(self, poller, listen_fd: int) -> bool:
+        """Serve the only connection by blocking in its recv. True: another
+        client knocked, or a client's connection ended; False: the owning
+        pool's connection ended (the worker then exits)."""
+        (fd, chan), = self.channels.items()
+        knock = select.poll()
+        knock.register(listen_fd, select.POLLIN)
+        chan.set_recv_timeout(SOLE_CLIENT_CHECK_S)
+        stalled_since = 0.0
+        next_check = time.monotonic() + SOLE_CLIENT_CHECK_S
+        try:
+            while True:
+                try:
+                    frame = chan.read_frame()
+                except TimeoutError:
+                    self._drain_wakeup()
+                    if knock.poll(0):
+                        return True  # a newcomer: back to serving several
+                    if not chan.in_frame:
+                        stalled_since = 0.0
+                        continue
+                    # Mid-frame: only a non-owner peer is cut off for stalling.
+                    now = time.monotonic()
+                    stalled_since = stalled_since or now
+                    if fd != self.owner_fd and now - stalled_since > STALLED_FRAME_S:
+                        raise
+                    continue
+                stalled_since = 0.0
+                assert frame is not None  # blocking channel: a frame or an exception
+                self._handle(chan, *frame)
+                chan.flush()
+                now = time.monotonic()
+                if now >= next_check:  # a busy client must not lock others out
+                    next_check = now + SOLE_CLIENT_CHECK_S
+                    if knock.poll(0):
+                        return True
+        except (PeerClosed, ProtocolError, TimeoutError, ConnectionError):
+            poller.unregister(fd)
+            del self.channels[fd]
+            chan.close()
+            return fd != self.owner_fd
+        finally:
+            if not chan.closed:  # the owner waits for ever, a guest STALLED_FRAME_S
+                chan.set_recv_timeout(0 if fd == self.owner_fd else STALLED_FRAME_S)
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while self.wakeup_r.recv(64):
+                pass
+        except BlockingIOError:
+            pass
 
     def _accept(self, poller) -> None:
         conn, _ = self.listener.accept()

@@ -9,6 +9,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from swarm.client import BatchManager, Pool
 
 DOOMED_CLIENT = """
@@ -91,3 +93,61 @@ def test_worker_stderr_is_in_the_error_when_a_worker_dies(tmp_path):
     with Pool(str(script), workers=1, max_retries=0) as pool:
         [error] = BatchManager(pool, [1]).batch.list_results(return_exceptions=True)
     assert error.phase == "worker died" and "exited with code 9" in str(error)
+
+
+THREADED_WORKER = """
+    import threading, time
+    from swarm.worker import run
+
+    def task(kind):
+        # Libraries start threads of their own (OpenBLAS does on numpy's
+        # import); a signal sent to the process may land on any of them.
+        started = threading.Event()
+        tid = []
+        def sleeper():
+            tid.append(threading.get_native_id())
+            started.set()
+            while True:
+                time.sleep(60)
+        threading.Thread(target=sleeper, daemon=True).start()
+        started.wait()
+        return tid[0]
+
+    if __name__ == "__main__":
+        run(task_processor=task)
+"""
+
+_SYS_TGKILL = {"x86_64": 234, "aarch64": 131}
+
+
+def _tgkill(pid, tid, sig):
+    import ctypes
+    import platform
+    number = _SYS_TGKILL.get(platform.machine())
+    if number is None:
+        pytest.skip("tgkill's syscall number is not known on this machine")
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(number, pid, tid, sig) != 0:
+        raise OSError(ctypes.get_errno(), "tgkill")
+
+
+@pytest.mark.parametrize("clients", [0, 1])
+def test_sigterm_delivered_to_another_thread_stops_an_idle_worker(make_worker, clients):
+    # Linux hands a process-directed signal to any thread that does not
+    # block it; the main thread then sleeps on in poll or recv unless
+    # the worker wakes itself up. Deliver it to the other thread on purpose.
+    from swarm.client import Socket
+    worker = make_worker(THREADED_WORKER)
+    sock = Socket(worker.pid)
+    sock.connect()
+    _, tid = sock.do_task((0, ("thread",)))
+    assert tid != worker.pid
+    if clients == 0:
+        sock.close()   # idle with no client: waiting on the listener only
+        time.sleep(0.2)
+    try:
+        _tgkill(worker.pid, tid, signal.SIGTERM)
+        worker.proc.wait(timeout=5)
+    finally:
+        sock.close()
+    assert not os.path.exists(worker.socket_path)

@@ -38,8 +38,18 @@ cdef extern from "<sys/socket.h>" nogil:
     enum:
         MSG_NOSIGNAL
         MSG_DONTWAIT
+    enum:
+        SOL_SOCKET
+        SO_RCVTIMEO
     ssize_t sendmsg(int fd, const msghdr *msg, int flags)
     ssize_t recv(int fd, void *buf, size_t n, int flags)
+    int setsockopt(int fd, int level, int name, const void *value, socklen_t size)
+
+
+cdef extern from "<sys/time.h>" nogil:
+    struct timeval:
+        long tv_sec
+        long tv_usec
 
 
 cdef extern from "<unistd.h>" nogil:

@@ -19,10 +19,15 @@ class Channel:
     def buffered(self) -> int:
         """Received bytes not yet consumed."""
     @property
+    def in_frame(self) -> bool:
+        """Part of a frame has arrived and the rest has not."""
+    @property
     def pending(self) -> bool:
         """True while queued frames are not fully written."""
     @property
     def max_frame(self) -> int: ...
+    def set_recv_timeout(self, seconds: float) -> None:
+        """The blocking receive timeout (SO_RCVTIMEO); 0 waits for ever."""
     def push(self, kind: int, task_id: int, aux: int, obj: object) -> None:
         """Pickle ``obj`` (protocol 5) and queue it as one frame."""
     def flush(self) -> bool:

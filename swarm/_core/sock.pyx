@@ -24,9 +24,12 @@ Python-visible surface:
     stream, ``ProtocolError`` for a malformed frame and ``TruncatedFrame``
     (both a ProtocolError and a PeerClosed) for one cut off by the peer's
     close (the channel is then unusable), ``TimeoutError`` when a blocking channel's
-    ``SO_RCVTIMEO`` runs out.
+    receive timeout runs out (the frame read so far is kept: call again).
+``Channel.set_recv_timeout(seconds)``
+    The blocking receive timeout (``SO_RCVTIMEO``); 0 waits for ever.
 ``fileno()``, ``close()``, ``closed``, ``buffered`` (received bytes not yet
-consumed), ``pending`` (True while queued bytes are not yet written).
+consumed), ``in_frame`` (part of a frame received, the rest not yet),
+``pending`` (True while queued bytes are not yet written).
 """
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
@@ -38,7 +41,8 @@ from libc.stdlib cimport malloc, free
 
 from swarm._core.posix cimport (
     errno, EINTR, EAGAIN, memcpy, memmove, strerror,
-    iovec, msghdr, sendmsg, recv, MSG_NOSIGNAL, MSG_DONTWAIT, close)
+    iovec, msghdr, sendmsg, recv, MSG_NOSIGNAL, MSG_DONTWAIT, close,
+    setsockopt, SOL_SOCKET, SO_RCVTIMEO, timeval)
 from swarm._core.frame cimport (
     FrameHeader, header_read, header_write, header_check,
     FRAME_HEADER_SIZE, FRAME_MAX_BUFFERS, FRAME_MAGIC, FRAME_VERSION)
@@ -125,8 +129,23 @@ cdef class Channel:
         return self._rend - self._rpos
 
     @property
+    def in_frame(self):
+        return self._stage != STAGE_HEADER or self._rend > self._rpos
+
+    @property
     def pending(self):
         return self._seg_i < len(self._segs)
+
+    def set_recv_timeout(self, double seconds):
+        cdef timeval tv
+        if not seconds >= 0:
+            raise ValueError(f"seconds must be >= 0, got {seconds}")
+        if self._fd < 0:
+            raise ValueError("channel is closed")
+        tv.tv_sec = <long>seconds
+        tv.tv_usec = <long>((seconds - tv.tv_sec) * 1e6)
+        if setsockopt(self._fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0:
+            _raise_errno(errno)
 
     @property
     def max_frame(self):
