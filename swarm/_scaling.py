@@ -38,7 +38,7 @@ from __future__ import annotations
 import collections
 import math
 import statistics
-from typing import Deque, Optional
+from typing import Deque, Optional, Tuple
 
 # Durations kept per requestor for its task-time estimate.
 WINDOW = 64
@@ -120,16 +120,17 @@ class RateMeter:
     """Completions per second over a sliding window (pool-wide)."""
 
     def __init__(self, maxlen: int = 4096) -> None:
-        self._times: Deque[float] = collections.deque(maxlen=maxlen)
+        self._ticks: Deque[Tuple[float, int]] = collections.deque(maxlen=maxlen)
 
-    def tick(self, when: float) -> None:
-        self._times.append(when)
+    def tick(self, when: float, count: int = 1) -> None:
+        """count tasks completed at `when` (a chunk's arrive together)."""
+        self._ticks.append((when, count))
 
     def rate(self, since: float, until: float) -> Optional[float]:
         """Completions per second in [since, until]; None if too few."""
         if until <= since:
             return None
-        n = sum(1 for t in self._times if since <= t <= until)
+        n = sum(c for t, c in self._ticks if since <= t <= until)
         if n < SETTLE_TASKS:
             return None
         return n / (until - since)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
+import mmap
 import os
 import pickle
 import queue as _queue
@@ -53,7 +54,14 @@ CONNECT_RETRY_S = 0.01
 
 def _task_error(body: bytes, buffers, task_id: Any) -> TaskError:
     """Rebuild the exception a worker sent in a FRAME_ERROR body."""
-    phase, exc_type, message, tb, pickled = pickle.loads(body, buffers=buffers)
+    return _task_error_from(pickle.loads(body, buffers=buffers), task_id)
+
+
+def _task_error_from(fields: Tuple[str, str, str, str, Optional[bytes]],
+                     task_id: Any) -> TaskError:
+    """Rebuild a worker's exception from its (phase, type, message,
+    traceback, pickled exception or None)."""
+    phase, exc_type, message, tb, pickled = fields
     exception = None
     if pickled is not None:
         try:
@@ -296,6 +304,21 @@ PIPELINE_AHEAD_S = 200e-6
 MAX_DEPTH = 64
 # In-flight frames per worker before any task time has been measured.
 INITIAL_DEPTH = 2
+# Automatic chunking: a requestor's queued tasks shorter than this go out
+# several to a frame, about this many seconds of measured task time per
+# chunk (a frame costs a round trip's worth of syscalls and wake-ups, tens
+# of microseconds: a chunk of 2 ms keeps that around 2%)...
+CHUNK_TARGET_S = 2e-3
+# ... never more tasks than this per chunk ...
+MAX_CHUNK = 4096
+# ... and at most 1/CHUNK_SHARE of the requestor's queued tasks per worker
+# (guided scheduling: chunks shrink as the queue drains, so the last ones
+# are small and the workers finish together).
+CHUNK_SHARE = 2
+# Frames in flight per worker while chunks are sent: one running, one ready.
+CHUNK_DEPTH = 2
+# Size of a worker's progress page (two int64; shared with swarm.worker).
+PROGRESS_SIZE = 16
 # Weight of the newest task duration in a requestor's moving average.
 EWMA_ALPHA = 0.2
 # Grace between closing a worker's connection and SIGTERM, then SIGKILL.
@@ -338,6 +361,17 @@ class BatchError(SwarmError):
         self.errors = errors
         self.results = results
         self.__cause__ = first
+
+
+class _Chunk:
+    """Results of a chunk of consecutive tasks, in one result-queue item:
+    ``values[i]`` is task ``index + i``'s value or _Failure."""
+
+    __slots__ = ("values", "failed")
+
+    def __init__(self, values: List[Any], failed: Iterable[int]) -> None:
+        self.values = values
+        self.failed = failed  # positions of the _Failure values
 
 
 class _Failure:
@@ -386,11 +420,16 @@ class _Requestor:
         # Called on the I/O thread with a task's index just before it is
         # sent; False skips the task (an executor's cancelled future).
         self._on_dispatch: Optional[Callable[[int], bool]] = None
+        self.chunks_sent = 0         # frames that carried several tasks
         self.initializations = 0     # initializer runs for this requestor
         self.init_switches = 0       # ... of them on a worker that held another's
         self.workers_assigned = 0
         self.task_time_s = 0.0       # moving average of measured task time
         self._depth = INITIAL_DEPTH
+        # True: never chunk (per-task timeouts or dispatch hooks need each
+        # task in its own frame; set too after a chunk that could not be
+        # decoded, so every task then gets its own outcome).
+        self._solo = task_timeout is not None
         self._init_error: Optional[TaskError] = None
         self.started_at: Optional[float] = None
         self.finished_at: Optional[float] = None
@@ -406,13 +445,15 @@ class _Requestor:
     @property
     def stats(self) -> Dict[str, Any]:
         """A snapshot: tasks submitted/done/failed/left, workers assigned,
-        initializer runs and switches, mean task time, start and finish."""
+        frames that carried several tasks (chunks_sent), initializer runs
+        and switches, mean task time, start and finish."""
         return {
             "tasks_submitted": self._submitted,
             "tasks_done": self.tasks_done,
             "tasks_failed": self.tasks_failed,
             "tasks_left": self._submitted - self.tasks_done - self.tasks_failed,
             "workers_assigned": self.workers_assigned,
+            "chunks_sent": self.chunks_sent,
             "initializations": self.initializations,
             "init_switches": self.init_switches,
             "task_time_s": self.task_time_s,
@@ -479,7 +520,7 @@ class _Requestor:
             if fatal is not None:
                 raise PoolClosed(f"the pool stopped on an internal error: {fatal!r}") from fatal
             raise PoolClosed("the pool was closed before every result arrived")
-        self._consumed += 1
+        self._consumed += len(item[1].values) if type(item[1]) is _Chunk else 1
         return item
 
     def _attach(self, pool: "Pool") -> None:
@@ -520,6 +561,8 @@ class Sprint(_Requestor):
                  task_timeout: Optional[float] = None) -> None:
         super().__init__(init_data, tta, max_retries, task_timeout)
         self._unsent: List[Any] = []  # tasks submitted before the pool
+        # Results of a chunk taken off the queue and not yielded yet.
+        self._backlog: "collections.deque[Tuple[int, Any]]" = collections.deque()
 
     def __repr__(self) -> str:
         return f"<swarm.Sprint submitted={self._submitted} done={self.tasks_done}>"
@@ -556,9 +599,17 @@ class Sprint(_Requestor):
             raise SwarmError("submit the sprint to a pool first (pool.submit_sprint)")
         if progress and self._progress is None:
             self._progress = _new_progress(self, "swarm sprint")
+        backlog = self._backlog
         try:
-            while self._consumed < self._submitted:
-                index, value = self._take(timeout)
+            while backlog or self._consumed < self._submitted:
+                if backlog:
+                    index, value = backlog.popleft()
+                else:
+                    index, value = self._take(timeout)
+                    if type(value) is _Chunk:
+                        backlog.extend(zip(range(index, index + len(value.values)),
+                                           value.values))
+                        continue
                 if type(value) is _Failure:
                     if not return_exceptions:
                         raise value.error
@@ -642,9 +693,14 @@ class Batch(_Requestor):
             if self._reorder.done:
                 return
             index, value = self._take(timeout)
-            if type(value) is _Failure:
-                self._errors[index] = value.error
-            self._reorder.put(index, value)
+            if type(value) is _Chunk:
+                for offset in value.failed:
+                    self._errors[index + offset] = value.values[offset].error
+                self._reorder.put_chunk(index, value.values)
+            else:
+                if type(value) is _Failure:
+                    self._errors[index] = value.error
+                self._reorder.put(index, value)
             released.extend(self._reorder.pop_ready())
 
     def list_results(self, return_exceptions: bool = False,
@@ -686,10 +742,14 @@ class _Worker:
     __slots__ = ("proc", "pid", "chan", "ready_fd", "stderr_fd", "stderr_tail",
                  "requestor", "init_for", "init_failed", "inflight", "seq",
                  "is_ready", "is_dead", "last_busy", "is_fresh", "head_since",
-                 "is_draining")
+                 "is_draining", "progress")
 
-    def __init__(self, proc: subprocess.Popen, ready_fd: int) -> None:
+    def __init__(self, proc: subprocess.Popen, ready_fd: int,
+                 progress: Optional[mmap.mmap]) -> None:
         self.proc = proc
+        # The page the worker notes its place in a chunk on: [frame id,
+        # position] (see swarm.worker); None where memfd is missing.
+        self.progress = progress
         self.pid = proc.pid
         self.chan: Optional[Channel] = None
         self.ready_fd = ready_fd
@@ -699,9 +759,11 @@ class _Worker:
         self.init_for: Optional[_Requestor] = None   # whose init_data it holds
         self.init_failed = False
         # Frames sent and not yet answered, in send order (the worker answers
-        # in order): (requestor, index, task) for tasks, (requestor, -1, None)
-        # for an initialize.
-        self.inflight: "collections.deque[Tuple[_Requestor, int, Any]]" = collections.deque()
+        # in order): (requestor, index, task, 0) for a task, (requestor,
+        # first index, [task, ...], count) for a chunk, (requestor, -1,
+        # None, 0) for an initialize.
+        self.inflight: "collections.deque[Tuple[_Requestor, int, Any, int]]" = \
+            collections.deque()
         self.seq = 0
         self.is_ready = False
         self.is_dead = False
@@ -709,6 +771,11 @@ class _Worker:
         self.is_fresh = True                # no task answered yet (warm-up)
         self.head_since = 0.0               # when the oldest frame in flight began to run
         self.is_draining = False            # takes no new task; retires when idle
+
+    def release_progress(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
 
     def exit_description(self) -> str:
         code = self.proc.poll()
@@ -938,16 +1005,25 @@ class Pool:
 
     def _spawn(self, for_requestor: Optional[_Requestor] = None) -> _Worker:
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        progress, progress_fd = _new_progress_page()
         env = dict(self._env, SWARM_READY_FD=str(ready_w))
+        pass_fds = [ready_w]
+        if progress_fd >= 0:
+            env["SWARM_PROGRESS_FD"] = str(progress_fd)
+            pass_fds.append(progress_fd)
         try:
-            proc = subprocess.Popen(self._argv, env=env, pass_fds=(ready_w,),
+            proc = subprocess.Popen(self._argv, env=env, pass_fds=pass_fds,
                                     stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
         except BaseException:
             os.close(ready_r)
+            if progress is not None:
+                progress.close()
             raise
         finally:
             os.close(ready_w)
-        worker = _Worker(proc, ready_r)
+            if progress_fd >= 0:
+                os.close(progress_fd)
+        worker = _Worker(proc, ready_r, progress)
         worker.requestor = for_requestor
         if for_requestor is not None:
             for_requestor.workers_assigned += 1
@@ -1198,25 +1274,67 @@ class Pool:
             lane = requestor._lane if requestor is not None else -1
             sent = False
             while len(q):
-                depth = requestor._depth if requestor is not None else INITIAL_DEPTH
+                chunk = self._chunk_size(requestor) if requestor is not None else 1
+                depth = (CHUNK_DEPTH if chunk > 1 else
+                         requestor._depth if requestor is not None else INITIAL_DEPTH)
                 if len(worker.inflight) >= depth:
                     break
-                rlane, index, task = q.pop(lane)
+                rlane, index, tasks = q.pop_chunk(lane, chunk)
                 if rlane != lane:
                     requestor = self._requestors[rlane]
                     lane = rlane
                     self._assign(worker, requestor)
-                    if len(worker.inflight) >= requestor._depth:
-                        # Re-queued: the new requestor's depth is smaller.
-                        q.push_front(rlane, index, task)
-                        break
+                    # Re-queued: sized for another requestor.
+                    q.push_front_chunk(rlane, index, tasks)
+                    continue
+                if len(tasks) > 1:
+                    self._send_chunk(worker, requestor, index, tasks)
+                    sent = True
+                    continue
                 if requestor._on_dispatch is not None and not requestor._on_dispatch(index):
                     requestor._count_cancelled()  # cancelled while queued
                     continue
-                self._send_task(worker, requestor, index, task)
+                self._send_task(worker, requestor, index, tasks[0])
                 sent = True
             if sent and not worker.is_dead:
                 self._flush(worker)
+
+    def _chunk_size(self, requestor: _Requestor) -> int:
+        """Tasks of requestor's to send in the next frame (see CHUNK_*)."""
+        task_s = requestor.task_time_s
+        if requestor._solo or not 0.0 < task_s < CHUNK_TARGET_S / 2:
+            return 1
+        queued = self._queue.count(requestor._lane)
+        fair = -(-queued // (CHUNK_SHARE * max(1, len(self._workers))))
+        return max(1, min(int(CHUNK_TARGET_S / task_s), fair, MAX_CHUNK))
+
+    def _send_chunk(self, worker: _Worker, requestor: _Requestor, index: int,
+                    tasks: List[Any]) -> None:
+        try:
+            if requestor.init_data is not None:
+                if worker.init_for is not requestor:
+                    self._send_init(worker, requestor, requestor.init_data)
+            elif worker.init_failed:
+                self._send_init(worker, requestor, None)
+        except _InitRefused:
+            for i in range(len(tasks)):
+                self._fail(requestor, index + i, requestor._init_error)
+            return
+        try:
+            worker.chan.push(KIND_TASK, worker.seq + 1, len(tasks), tasks)
+        except Exception:
+            # Unpicklable, or over max_frame together: one by one, each task
+            # gets its own outcome.
+            for i, task in enumerate(tasks):
+                self._send_task(worker, requestor, index + i, task)
+            return
+        worker.seq += 1
+        now = time.monotonic()
+        if not worker.inflight:
+            worker.head_since = now
+        worker.inflight.append((requestor, index, tasks, len(tasks)))
+        worker.last_busy = now
+        requestor.chunks_sent += 1
 
     def _send_task(self, worker: _Worker, requestor: _Requestor, index: int, task: Any) -> None:
         chan = worker.chan
@@ -1242,7 +1360,7 @@ class Pool:
         now = time.monotonic()
         if not worker.inflight:
             worker.head_since = now
-        worker.inflight.append((requestor, index, task))
+        worker.inflight.append((requestor, index, task, 0))
         worker.last_busy = now
 
     def _send_init(self, worker: _Worker, requestor: _Requestor, init_data: Any) -> None:
@@ -1257,7 +1375,7 @@ class Pool:
         worker.seq += 1
         if not worker.inflight:
             worker.head_since = time.monotonic()
-        worker.inflight.append((requestor, -1, None))
+        worker.inflight.append((requestor, -1, None, 0))
         if worker.init_for is not None and worker.init_for is not requestor:
             requestor.init_switches += 1
         worker.init_for = requestor if init_data is not None else None
@@ -1304,10 +1422,14 @@ class Pool:
                 if seq != worker.seq - len(inflight) + 1:
                     raise ProtocolError(f"worker {worker.pid} answered frame {seq}, expected "
                                         f"{worker.seq - len(inflight) + 1}")
-                requestor, index, _task = inflight.popleft()
+                requestor, index, _task, count = inflight.popleft()
                 worker.head_since = now  # the next frame starts now
                 if index < 0:
                     self._on_init_reply(worker, requestor, kind, body, buffers)
+                    continue
+                if count:
+                    self._on_chunk_reply(worker, requestor, index, _task, kind, aux,
+                                         body, buffers, now)
                     continue
                 if aux != REFUSED_AUX:
                     requestor._record_duration(aux * 1e-9, worker.is_fresh)
@@ -1315,7 +1437,7 @@ class Pool:
                 if self._retries:
                     self._retries.pop((requestor._lane, index), None)
                 if self._rate is not None:
-                    self._rate.tick(now)
+                    self._rate.tick(now, 1)
                 if kind == KIND_RESULT:
                     try:
                         value = pickle.loads(body, buffers=buffers)
@@ -1349,6 +1471,50 @@ class Pool:
                 log.error("worker %d: %s: %s; replacing it", worker.pid,
                           type(exc).__name__, exc)
             self._on_worker_lost(worker)
+
+    def _on_chunk_reply(self, worker: _Worker, requestor: _Requestor, index: int,
+                        tasks: List[Any], kind: int, aux: int, body: bytes, buffers: Any,
+                        now: float) -> None:
+        count = len(tasks)
+        if kind == KIND_ERROR and aux == REFUSED_AUX:
+            if requestor._init_error is not None:
+                for i in range(count):
+                    self._fail(requestor, index + i, requestor._init_error)
+            else:  # another requestor's initializer failed just before
+                self._queue.push_front_chunk(requestor._lane, index, tasks)
+            return
+        outcome = None
+        if kind == KIND_RESULT:
+            try:
+                outcome = pickle.loads(body, buffers=buffers)
+            except Exception as exc:
+                log.info("requestor %d: a chunk's results could not be unpickled (%s: %s); "
+                         "its tasks run again one by one", requestor._lane,
+                         type(exc).__qualname__, exc)
+        if outcome is None:
+            # The worker could not unpickle the chunk, or we its results:
+            # from now on each of this requestor's tasks travels alone, so
+            # that each gets its own outcome.
+            requestor._solo = True
+            self._queue.push_front_chunk(requestor._lane, index, tasks)
+            return
+        requestor._record_duration(aux * 1e-9 / count, worker.is_fresh)
+        worker.is_fresh = False
+        if self._retries:
+            for i in range(count):
+                self._retries.pop((requestor._lane, index + i), None)
+        if self._rate is not None:
+            self._rate.tick(now, count)
+        values, errors = outcome
+        failed: Iterable[int] = ()
+        if errors:
+            failed = sorted(errors)
+            for offset in failed:
+                values[offset] = _Failure(_task_error_from(errors[offset], index + offset))
+            requestor.tasks_failed += len(failed)
+        requestor.tasks_done += count - len(failed)
+        requestor._results.put((index, _Chunk(values, failed)))
+        requestor._check_finished()
 
     def _on_init_reply(self, worker: _Worker, requestor: _Requestor, kind: int,
                        body: bytes, buffers: Any) -> None:
@@ -1439,8 +1605,11 @@ class Pool:
         for r in sorted(behind, key=lambda r: r.tta):
             if r._times.count < _scaling.MIN_SAMPLES:
                 continue
+            # Chunks are of short tasks: only a single task's elapsed time
+            # says something about how long tasks run.
             running = [now - w.head_since for w in self._workers.values()
-                       if w.inflight and w.inflight[0][0] is r and w.inflight[0][1] >= 0]
+                       if w.inflight and w.inflight[0][0] is r and w.inflight[0][1] >= 0
+                       and not w.inflight[0][3]]
             task_s = r._times.estimate_with_running(running)
             remaining = r._submitted - r.tasks_done - r.tasks_failed
             have = max(1, r.workers_assigned)
@@ -1489,9 +1658,10 @@ class Pool:
         for worker in list(self._workers.values()):
             if not worker.inflight or worker.is_dead:
                 continue
-            requestor, index, task = worker.inflight[0]
+            requestor, index, task, count = worker.inflight[0]
             limit = requestor.task_timeout
-            if limit is None or index < 0 or now - worker.head_since <= limit:
+            # A requestor with a task_timeout is never chunked (count is 0).
+            if limit is None or index < 0 or count or now - worker.head_since <= limit:
                 continue
             worker.inflight.popleft()
             try:
@@ -1554,6 +1724,7 @@ class Pool:
         worker.is_dead = True
         self._unwatch(worker.chan.fileno())
         worker.chan.close()
+        worker.release_progress()
         if worker.requestor is not None:
             worker.requestor.workers_assigned -= 1
             worker.requestor = None
@@ -1603,6 +1774,7 @@ class Pool:
             pass
         if worker.stderr_fd not in self._fds and worker.proc.stderr is not None:
             worker.proc.stderr.close()  # else closed at its EOF or teardown
+        worker.release_progress()
 
     def _on_worker_lost(self, worker: _Worker, head_started: bool = True) -> None:
         """A worker's connection dropped (or it was killed): replace it and
@@ -1610,6 +1782,13 @@ class Pool:
         begun to run, so it is the one charged a retry."""
         inflight = list(worker.inflight)
         worker.inflight.clear()
+        # Where the worker was in the chunk it ran: read before the page goes.
+        head_seq = worker.seq - len(inflight) + 1
+        running_at = -1  # the chunk had not begun (e.g. died unpickling it)
+        if worker.progress is not None and inflight and inflight[0][3]:
+            frame_id, position = struct.unpack_from("qq", worker.progress)
+            if frame_id == head_seq and 0 <= position < inflight[0][3]:
+                running_at = position
         self._reap(worker)
         how = worker.exit_description()
         # Replace it before reporting anything, so that a caller woken by
@@ -1623,29 +1802,58 @@ class Pool:
         # started, so only it is charged a retry; the frames queued behind it
         # go back untouched (first in flight first, at the head).
         for position in range(len(inflight) - 1, -1, -1):
-            requestor, index, task = inflight[position]
+            requestor, index, task, count = inflight[position]
             if index < 0:
                 if position == 0 and head_started:
                     self._charge_init_death(worker, requestor, how)
                 continue
             if position > 0 or not head_started:
-                if requestor._init_error is not None:
-                    self._fail(requestor, index, requestor._init_error)
-                else:
-                    self._queue.push_front(requestor._lane, index, task)
+                self._requeue(requestor, index, task, count)
                 continue
-            key = (requestor._lane, index)
-            tries = self._retries.get(key, 0)
-            if tries < self._retry_limit(requestor) and requestor._init_error is None:
-                self._retries[key] = tries + 1
-                self._queue.push_front(requestor._lane, index, task)
-            else:
-                self._retries.pop(key, None)
-                self._fail(requestor, index, TaskError(
-                    f"worker {worker.pid} {how} during task {index}"
-                    + (f" (after {tries} retries)" if tries else ""),
-                    task_id=index, phase="worker died", exc_type="WorkerDied",
-                    exception=WorkerDied(f"worker {worker.pid} {how}")))
+            if not count:
+                self._charge_death(worker, requestor, index, task, how)
+                continue
+            if running_at < 0:
+                # Which of its tasks killed it is unknown: none is charged,
+                # and from now on the requestor's tasks travel one by one,
+                # where a death names its task.
+                requestor._solo = True
+                self._requeue(requestor, index, task, count)
+                continue
+            # A chunk: only the task it was running is charged. Those before
+            # it had finished, but their results died with the worker.
+            if running_at + 1 < count:
+                self._requeue(requestor, index + running_at + 1, task[running_at + 1:], 1)
+            self._charge_death(worker, requestor, index + running_at, task[running_at], how)
+            if running_at:
+                self._requeue(requestor, index, task[:running_at], 1)
+
+    def _requeue(self, requestor: _Requestor, index: int, task: Any, count: int) -> None:
+        """Put a frame's task(s) back at the head of the queue, uncharged."""
+        if requestor._init_error is not None:
+            for i in range(count or 1):
+                self._fail(requestor, index + i, requestor._init_error)
+        elif count:
+            self._queue.push_front_chunk(requestor._lane, index, task)
+        else:
+            self._queue.push_front(requestor._lane, index, task)
+
+    def _charge_death(self, worker: _Worker, requestor: _Requestor, index: int, task: Any,
+                      how: str) -> None:
+        """Task index was running when its worker died: retry it within the
+        retry bound, else fail it with WorkerDied."""
+        key = (requestor._lane, index)
+        tries = self._retries.get(key, 0)
+        if tries < self._retry_limit(requestor) and requestor._init_error is None:
+            self._retries[key] = tries + 1
+            self._queue.push_front(requestor._lane, index, task)
+        else:
+            self._retries.pop(key, None)
+            self._fail(requestor, index, TaskError(
+                f"worker {worker.pid} {how} during task {index}"
+                + (f" (after {tries} retries)" if tries else ""),
+                task_id=index, phase="worker died", exc_type="WorkerDied",
+                exception=WorkerDied(f"worker {worker.pid} {how}")))
 
     def _retry_limit(self, requestor: _Requestor) -> int:
         return requestor.max_retries if requestor.max_retries is not None else self.max_retries
@@ -1708,6 +1916,7 @@ class Pool:
                     escalate(worker.proc)
         for worker in workers:
             worker.proc.wait()
+            worker.release_progress()
             if worker.proc.stderr is not None:
                 worker.proc.stderr.close()
             try:
@@ -1725,6 +1934,21 @@ class Pool:
             except OSError:
                 pass
         self._wake_r = self._wake_w = -1
+
+
+def _new_progress_page() -> Tuple[Optional[mmap.mmap], int]:
+    """A worker's progress page (see _Worker.progress) and the fd to pass
+    it on; (None, -1) without memfd (not Linux)."""
+    try:
+        fd = os.memfd_create("swarm-progress", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):
+        return None, -1
+    try:
+        os.ftruncate(fd, PROGRESS_SIZE)
+        return mmap.mmap(fd, PROGRESS_SIZE), fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _new_progress(requestor: _Requestor, desc: str) -> Any:

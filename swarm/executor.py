@@ -66,6 +66,7 @@ class _ExecutorRequestor(_Requestor):
         super().__init__(None, None, None)
         self._results = _FutureSink()  # type: ignore[assignment]
         self._on_dispatch = self._mark_running
+        self._solo = True  # each future is marked running as its task leaves
 
     def _mark_running(self, index: int) -> bool:
         """False if the task's future was cancelled while it was queued."""

@@ -20,6 +20,11 @@ two kinds of frames:
 - ``task``: ``task_processor(*task)`` for a tuple, ``task_processor(task)``
   otherwise. The result (or the exception, with its traceback) goes back on
   the same connection, tagged with the task's id and its run time.
+- a chunk (a task frame whose aux is its task count): a list of tasks, run
+  in order; one reply carries ``(results, errors)``, errors being None or
+  ``{position: error}``. A pool's worker notes the position it is running
+  in a shared page (``SWARM_PROGRESS_FD``), so that if it dies the pool
+  knows which task of the chunk killed it.
 
 Connections: several clients may be connected at once; the worker serves
 them in turn, one frame at a time, in a single thread (tasks never run
@@ -40,6 +45,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import mmap
 import os
 import pickle
 import select
@@ -73,6 +79,9 @@ STALLED_FRAME_S = 30.0
 # the backstop for PR_SET_PDEATHSIG when the worker is deep in C code.
 PARENT_CHECK_S = 1.0
 PR_SET_PDEATHSIG = 1
+# Bytes of the progress page a pool shares with each of its workers: two
+# int64, the frame id of the chunk running and the position in it.
+PROGRESS_SIZE = 16
 # With a single client, the worker waits in recv on that connection rather
 # than in poll and then recv (one syscall less per task; measured across
 # CPUs: 49.5 -> 41-43 us per round trip), and looks at the listening socket
@@ -132,6 +141,9 @@ class _Worker:
         self.owner_fd = -1           # fd of the owning pool's connection
         self.path = None
         self.listener = None
+        # The pool's shared progress page: [frame id, position] of the chunk
+        # running (see _run_chunk); None for a worker started by hand.
+        self.progress = _map_progress_page()
 
     # ------------------------------------------------------------ lifetime
 
@@ -351,7 +363,10 @@ class _Worker:
     def _handle(self, chan: Channel, kind: int, task_id: int, aux: int,
                 body: bytes, buffers) -> None:
         if kind == KIND_TASK:
-            self._run_task(chan, task_id, body, buffers)
+            if aux:
+                self._run_chunk(chan, task_id, aux, body, buffers)
+            else:
+                self._run_task(chan, task_id, body, buffers)
         elif kind == KIND_INIT:
             self._run_initializer(chan, task_id, body, buffers)
         else:
@@ -383,6 +398,54 @@ class _Worker:
             chan.push(KIND_RESULT, task_id, time.perf_counter_ns() - start, result)
         except Exception as exc:
             self._reply_error(chan, task_id, start, "result pickling in the worker", exc)
+
+    def _run_chunk(self, chan, task_id, count, body, buffers) -> None:
+        start = time.perf_counter_ns()
+        try:
+            tasks = pickle.loads(body, buffers=buffers)
+            if type(tasks) is not list or len(tasks) != count:
+                raise ProtocolError(f"a chunk of {count} tasks held {type(tasks).__name__}")
+        except BaseException as exc:  # the pool then sends these tasks one by one
+            if isinstance(exc, (_Terminate, KeyboardInterrupt)):
+                raise
+            return self._reply_error(chan, task_id, start, "task unpickling in the worker", exc)
+        if not self.is_initialized:
+            exc = RuntimeError("the worker's initializer failed; it runs no task "
+                               "until a later initialize succeeds")
+            chan.push(KIND_ERROR, task_id, REFUSED_AUX, _error_body("initializer", exc))
+            return
+        results = [None] * count
+        errors = None
+        progress = self.progress
+        if progress is not None:
+            progress[0] = task_id
+        fn = self.task_processor
+        for i in range(count):
+            if progress is not None:
+                progress[1] = i
+            task = tasks[i]
+            try:
+                results[i] = fn(*task) if type(task) is tuple else fn(task)
+            except BaseException as exc:  # ship any failure to the client
+                if isinstance(exc, (_Terminate, KeyboardInterrupt)):
+                    raise
+                if errors is None:
+                    errors = {}
+                errors[i] = _error_body("task", exc)
+        elapsed = time.perf_counter_ns() - start
+        try:
+            chan.push(KIND_RESULT, task_id, elapsed, (results, errors))
+        except Exception:
+            # Some result cannot be pickled: find which, and report those.
+            for i, result in enumerate(results):
+                try:
+                    pickle.dumps(result, 5, buffer_callback=_drop)
+                except Exception as exc:
+                    if errors is None:
+                        errors = {}
+                    errors[i] = _error_body("result pickling in the worker", exc)
+                    results[i] = None
+            chan.push(KIND_RESULT, task_id, elapsed, (results, errors))
 
     def _run_initializer(self, chan, task_id, body, buffers) -> None:
         start = time.perf_counter_ns()
@@ -417,6 +480,21 @@ class _Worker:
 
 def _raise_terminate(signum, frame):
     raise _Terminate()
+
+
+def _drop(buffer) -> None:
+    """A buffer_callback that keeps an array out of a trial pickle."""
+
+
+def _map_progress_page():
+    fd = int(os.environ.pop("SWARM_PROGRESS_FD", "-1"))
+    if fd < 0:
+        return None
+    try:
+        page = mmap.mmap(fd, PROGRESS_SIZE)
+    finally:
+        os.close(fd)
+    return memoryview(page).cast("q")
 
 
 # ---------------------------------------------------------------- built-in

@@ -83,3 +83,8 @@ def spawn_helper_then_die(seconds):
     import subprocess
     subprocess.Popen(["sleep", str(seconds)], stdout=subprocess.DEVNULL)
     os._exit(5)
+
+
+def return_lambda():
+    """A result that cannot be pickled."""
+    return lambda: None

@@ -68,3 +68,22 @@ def test_released_values_are_not_held():
     out = buf.pop_ready()
     del out
     assert sys.getrefcount(value) == before
+
+
+def test_put_chunk_stores_a_range():
+    buf = ReorderBuffer(10)
+    buf.put_chunk(3, ["d", "e", "f"])
+    assert buf.pop_ready() == [] and buf.held == 3
+    buf.put_chunk(0, ["a", "b", "c"])
+    assert buf.pop_ready() == list("abcdef")
+    with pytest.raises(ValueError):
+        buf.put_chunk(8, ["i", "j", "k"])      # past the expected count
+    with pytest.raises(ValueError):
+        buf.put_chunk(5, ["again"])            # already released
+    buf.put(7, "h")
+    with pytest.raises(ValueError):
+        buf.put_chunk(6, ["g", "h"])           # 7 was received already
+    buf.put_chunk(6, ["g"])
+    buf.put_chunk(8, ["i", "j"])
+    buf.put_chunk(10, [])
+    assert buf.pop_ready() == list("ghij") and buf.done

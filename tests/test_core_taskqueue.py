@@ -94,3 +94,47 @@ def test_bad_requestor_is_a_value_error():
         q.push(-1, 0, None)
     with pytest.raises(ValueError):
         q.push(1 << 30, 0, None)
+
+
+def test_pop_chunk_takes_consecutive_tasks_of_one_lane():
+    q = TaskQueue()
+    q.extend(0, 0, ["a0", "a1", "a2", "a3"])
+    q.extend(1, 0, ["b0", "b1"])
+    assert q.pop_chunk(0, 3) == (0, 0, ["a0", "a1", "a2"])
+    # The lane holds one more: the chunk stops there, not in lane 1.
+    assert q.pop_chunk(0, 10) == (0, 3, ["a3"])
+    # Lane 0 is empty: the first task in the queue, and its lane-mates.
+    assert q.pop_chunk(0, 10) == (1, 0, ["b0", "b1"])
+    assert len(q) == 0
+    with pytest.raises(IndexError):
+        q.pop_chunk(0, 1)
+
+
+def test_pop_chunk_stops_at_a_gap_in_indexes():
+    q = TaskQueue()
+    q.extend(0, 5, ["t5", "t6"])
+    q.push_front(0, 2, "t2")          # a retried task, ahead of the rest
+    assert q.pop_chunk(0, 10) == (0, 2, ["t2"])
+    assert q.pop_chunk(0, 10) == (0, 5, ["t5", "t6"])
+
+
+def test_push_front_chunk_restores_the_order():
+    q = TaskQueue()
+    q.extend(0, 0, list("abcdef"))
+    _, first, tasks = q.pop_chunk(0, 4)
+    q.push_front_chunk(0, first, tasks)
+    assert [q.pop(0) for _ in range(6)] == [(0, i, c) for i, c in enumerate("abcdef")]
+
+
+def test_chunks_hold_and_release_their_references():
+    q = TaskQueue()
+    task = object()
+    before = sys.getrefcount(task)
+    q.extend(0, 0, [task] * 100)
+    _, _, tasks = q.pop_chunk(0, 60)
+    q.push_front_chunk(0, 0, tasks)
+    del tasks
+    assert sys.getrefcount(task) == before + 100
+    while len(q):
+        q.pop_chunk(0, 7)
+    assert sys.getrefcount(task) == before

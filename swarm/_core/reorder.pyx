@@ -7,6 +7,7 @@ Python-visible surface:
 ``expect(n)``                  raise the expected count (streams that grow)
 ``put(index, value)``          store one result; ValueError for an index out
                                of range or already received
+``put_chunk(index, values)``   store results index, index + 1, ... at once
 ``pop_ready() -> list``        the values of the completed prefix, in order
 ``next_index``, ``expected``, ``held``, ``done`` (every expected result released)
 
@@ -43,6 +44,23 @@ cdef class ReorderBuffer:
             raise ValueError(f"result index {index} received twice")
         self._slots[pos] = value
         self._held += 1
+
+    def put_chunk(self, Py_ssize_t index, list values):
+        cdef Py_ssize_t n = len(values)
+        cdef Py_ssize_t pos = index - self._base, i
+        cdef list slots = self._slots
+        if n == 0:
+            return
+        if index < self._next or index + n > self._expected:
+            raise ValueError(f"result indexes {index}..{index + n - 1} are out of range "
+                             f"or already released")
+        if pos + n > len(slots):
+            slots.extend([_EMPTY] * (pos + n - len(slots)))
+        for i in range(pos, pos + n):
+            if slots[i] is not _EMPTY:
+                raise ValueError(f"result index {index + i - pos} received twice")
+        slots[pos:pos + n] = values
+        self._held += n
 
     def pop_ready(self):
         cdef list slots = self._slots

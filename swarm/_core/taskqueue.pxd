@@ -32,5 +32,7 @@ cdef class TaskQueue:
     cdef Node *_free              # recycled nodes (linked by gnext)
 
     cdef int _ensure_lane(self, int requestor) except -1
+    cdef int _push(self, int requestor, int64_t index, object task) except -1
+    cdef int _push_front(self, int requestor, int64_t index, object task) except -1
     cdef Node *_new_node(self, int requestor, int64_t index, object task) except NULL
     cdef void _unlink(self, Node *node) noexcept

@@ -8,9 +8,15 @@ thread-safe by design):
 ``push(requestor, index, task)``       append at the tail
 ``extend(requestor, first_index, tasks)``  append many, indexes consecutive
 ``push_front(requestor, index, task)`` put back at the head (retries)
+``push_front_chunk(requestor, first_index, tasks)``  put back many at the
+    head, in order, indexes consecutive
 ``pop(requestor) -> (requestor, index, task)``
     the first task of ``requestor``; if it has none, the first task in the
     queue; raises IndexError when the queue is empty
+``pop_chunk(requestor, most) -> (requestor, first_index, [task, ...])``
+    the task ``pop`` would give, then those that follow it in its lane
+    with consecutive indexes, ``most`` tasks at most (a chunk's results
+    map onto one index range)
 ``remove_requestor(requestor) -> [(index, task), ...]``  drop a lane
 ``count(requestor)``, ``len(queue)``, ``first_requestor()`` (-1 if empty)
 
@@ -105,6 +111,9 @@ cdef class TaskQueue:
         self._count -= 1
 
     def push(self, int requestor, int64_t index, object task):
+        self._push(requestor, index, task)
+
+    cdef int _push(self, int requestor, int64_t index, object task) except -1:
         self._ensure_lane(requestor)
         cdef Node *node = self._new_node(requestor, index, task)
         cdef Lane *lane = &self._lanes[requestor]
@@ -124,14 +133,23 @@ cdef class TaskQueue:
         lane.tail = node
         lane.count += 1
         self._count += 1
+        return 0
 
     def extend(self, int requestor, int64_t first_index, tasks):
         cdef int64_t index = first_index
         for task in tasks:
-            self.push(requestor, index, task)
+            self._push(requestor, index, task)
             index += 1
 
+    def push_front_chunk(self, int requestor, int64_t first_index, list tasks):
+        cdef Py_ssize_t i
+        for i in range(len(tasks) - 1, -1, -1):
+            self._push_front(requestor, first_index + i, tasks[i])
+
     def push_front(self, int requestor, int64_t index, object task):
+        self._push_front(requestor, index, task)
+
+    cdef int _push_front(self, int requestor, int64_t index, object task) except -1:
         self._ensure_lane(requestor)
         cdef Node *node = self._new_node(requestor, index, task)
         cdef Lane *lane = &self._lanes[requestor]
@@ -151,6 +169,33 @@ cdef class TaskQueue:
         lane.head = node
         lane.count += 1
         self._count += 1
+        return 0
+
+    def pop_chunk(self, int requestor, Py_ssize_t most):
+        cdef Node *node = NULL
+        cdef Node *nxt
+        cdef int64_t first
+        cdef list tasks = []
+        if 0 <= requestor < self._nlanes:
+            node = self._lanes[requestor].head
+        if node == NULL:
+            node = self._head
+            if node == NULL:
+                raise IndexError("pop from an empty TaskQueue")
+        requestor = node.requestor
+        first = node.index
+        while True:
+            nxt = node.rnext
+            self._unlink(node)
+            task = <object>node.task
+            Py_DECREF(task)          # the reference moves into `task`
+            tasks.append(task)
+            node.gnext = self._free
+            self._free = node
+            if len(tasks) >= most or nxt == NULL or nxt.index != first + len(tasks):
+                break
+            node = nxt
+        return (requestor, first, tasks)
 
     def pop(self, int requestor):
         cdef Node *node = NULL
