@@ -6,6 +6,8 @@ through pickle. See ``swarm.client`` (Pool, Sprint, BatchManager, Socket)
 and ``swarm.worker`` (run).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from swarm._version import __version__
 
 try:
@@ -20,7 +22,20 @@ except ImportError as exc:  # pragma: no cover - only without a build
 from swarm.errors import (PeerClosed, PoolClosed, ProtocolError, RemoteTraceback,
                           SwarmError, TaskError, TruncatedFrame, WorkerDied,
                           WorkerNotFound, WorkerStartError)
-from swarm.client import Socket
+
+if TYPE_CHECKING:
+    from swarm.client import Socket
+
+
+def __getattr__(name: str) -> Any:
+    # swarm.client (the pool, with logging, subprocess, threads) loads on
+    # first use: a worker process imports only what serving needs, which
+    # keeps a worker's start-up short.
+    if name == "Socket":
+        from swarm.client import Socket
+        return Socket
+    raise AttributeError(f"module 'swarm' has no attribute {name!r}")
+
 
 __all__ = [
     "__version__", "Socket",

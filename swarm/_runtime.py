@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import tempfile
 
 from swarm.errors import SwarmError
 
@@ -26,6 +25,7 @@ def run_dir() -> str:
         if xdg and os.path.isdir(xdg):
             path = os.path.join(xdg, "swarm")
         else:
+            import tempfile  # here: a pool's workers get SWARM_RUN_DIR, and start faster
             path = os.path.join(tempfile.gettempdir(), f"swarm-{os.getuid()}")
     try:
         os.mkdir(path, 0o700)

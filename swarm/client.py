@@ -889,6 +889,7 @@ class Pool:
         self._retries: Dict[Tuple[int, int], int] = {}  # (lane, index) -> retries so far
         self._commands: "_queue.SimpleQueue[Any]" = _queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._woken = False  # a wake-up byte is written and its commands unread
         self._closing = False
         self._closed = False
         self._fatal: Optional[BaseException] = None
@@ -991,6 +992,9 @@ class Pool:
                     from self._fatal
             raise PoolClosed("the pool is closed")
         self._commands.put(command)
+        if self._woken:
+            return  # the I/O thread is yet to read the queue: it sees this one
+        self._woken = True
         try:
             os.write(self._wake_w, b"x")
         except BlockingIOError:
@@ -1207,6 +1211,9 @@ class Pool:
                 pass
         except BlockingIOError:
             pass
+        # Cleared before the queue is read: a command put after this wakes
+        # the thread again, one put before it is read below.
+        self._woken = False
         commands = self._commands
         while True:
             try:

@@ -44,7 +44,6 @@ pool with the client's sys.path) runs a task ``(callable, *args)`` as
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import mmap
 import os
 import pickle
@@ -55,7 +54,6 @@ import struct
 import sys
 import threading
 import time
-import traceback
 import types
 from typing import Any, Callable, Optional
 
@@ -121,6 +119,7 @@ def run(task_processor: Callable[..., Any],
 
 
 def _error_body(phase: str, exc: BaseException) -> tuple:
+    import traceback  # only on the error path: the module costs start-up time
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
         pickled = pickle.dumps(exc, 5)
@@ -536,6 +535,7 @@ class _LazyMain(types.ModuleType):
 
 
 def _load_client_main(path: str, module_name: str) -> types.ModuleType:
+    import importlib.util
     if module_name:
         spec = importlib.util.find_spec(module_name)
     else:
