@@ -190,3 +190,16 @@ def test_an_unguarded_pool_in_the_main_script_does_not_recurse(tmp_path):
                          timeout=60, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "guard the pool" in out.stdout
+
+
+def test_the_client_uses_no_cpu_while_it_waits():
+    # The I/O thread sleeps in poll() and the caller in a queue wait: a
+    # second of waiting for a sleeping task costs the client next to no CPU.
+    with Pool(workers=2) as pool:
+        BatchManager(pool, [(_tasks.square, 1)] * 10).batch.list_results()
+        before = time.process_time()
+        results = BatchManager(pool, [(_tasks.sleep_then, 1.0, i) for i in range(2)]) \
+            .batch.list_results()
+        used = time.process_time() - before
+    assert results == [0, 1]
+    assert used < 0.1, f"the client used {used:.3f} s of CPU in a 1 s wait"
