@@ -288,9 +288,13 @@ class Socket:
 # - Pipelining. Each worker has up to `depth` frames in flight; depth
 #   follows the requestor's measured task time (deep for tiny tasks, 1 for
 #   long ones, so a long task never holds short ones hostage).
+# - Chunking. Short tasks of one requestor (see CHUNK_*) go several to a
+#   frame; the reply carries every result and per-task errors.
 # - Death. A worker whose connection drops has its in-flight tasks put back
 #   at the head of the queue (up to max_retries times each, then they fail
-#   with WorkerDied naming the signal or exit code) and is replaced.
+#   with WorkerDied naming the signal or exit code) and is replaced. Only
+#   the task that was running is charged: in a chunk, the worker's progress
+#   page says which one.
 
 __all__ += ["Pool", "Sprint", "BatchManager", "Batch", "BatchError"]
 
