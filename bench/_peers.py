@@ -11,6 +11,7 @@
 - ``pool_phase``: start those pools, warm every case up, measure, close.
 - ``ray_phase``: Ray, when installed, measured in a phase of its own after
   the other pools are closed (see its docstring for why).
+- ``make_arrays`` / ``swarm_empty_copies``: the numpy workloads' payloads.
 - ``case_rows`` / ``cases_json``: table rows and JSON for a set of cases,
   with "skipped" rows and the peer / swarm ratio.
 
@@ -222,6 +223,45 @@ def ray_notes(info: dict) -> list:
     return [f"ray         {info['version']}: measured after the other pools closed "
             f"(ray.init {info['init_s']:.1f} s, not timed), {info['number']} "
             f"operations per sample"]
+
+
+# ---------------------------------------------------------------- arrays
+
+ARRAY_BYTES = 8 * 1024 * 1024     # one payload: 8 MiB of float64
+DISTINCT_ARRAYS = 8               # payloads cycle over this many (64 MiB in all)
+SWARM_EMPTY_ROW_SUFFIX = " (swarm.empty)"
+
+
+def make_arrays(seed: int = 0) -> list:
+    """DISTINCT_ARRAYS C-contiguous float64 arrays of ARRAY_BYTES each, of
+    whole numbers 0..255, so that every sum is exact whatever the order."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    n = ARRAY_BYTES // 8
+    return [rng.integers(0, 256, size=n).astype(np.float64) for _ in range(DISTINCT_ARRAYS)]
+
+
+def swarm_empty_copies(arrays: list) -> Tuple[Optional[list], str]:
+    """Copies of ``arrays`` allocated with ``swarm.empty`` (shared memory,
+    sent without a copy), or (None, why not) when this swarm has no
+    ``swarm.empty`` or it fails."""
+    import swarm
+    if not hasattr(swarm, "empty"):
+        return None, "this swarm has no swarm.empty yet"
+    try:
+        copies = []
+        for a in arrays:
+            b = swarm.empty(a.shape, a.dtype)
+            b[...] = a
+            copies.append(b)
+    except Exception as exc:  # report it as a skipped row, keep the other rows
+        return None, f"swarm.empty failed: {exc!r}"
+    return copies, ""
+
+
+def gbps(nbytes: int, seconds: float) -> float:
+    """Throughput in GB/s (1 GB = 1e9 bytes)."""
+    return nbytes / seconds / 1e9 if seconds > 0 else float("inf")
 
 
 # ---------------------------------------------------------------- report
