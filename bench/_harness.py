@@ -11,7 +11,7 @@
 - ``environment`` / ``print_header``: Python, numpy, swarm versions, CPU count.
 - ``print_table``: a plain-text table; ``ratio`` for the "peer / swarm" column.
 - ``Check`` / ``print_checks``: informational PASS/FAIL lines (never an exit
-  status).
+  status); SKIP when a peer the check needs did not run.
 - ``emit_json``: the machine-readable form of a run.
 - ``descendants`` / ``start_watchdog``: a hung run dumps its stacks, kills
   this process's descendant processes (pool workers) and exits 3.
@@ -240,7 +240,7 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]
 @dataclass
 class Check:
     name: str
-    passed: bool
+    passed: Optional[bool]    # None: not checked (a peer it needs was skipped)
     detail: str
 
     def as_dict(self) -> dict:
@@ -251,7 +251,8 @@ def print_checks(checks: Sequence[Check]) -> None:
     print("Checks (informational; the exit status does not depend on them)")
     width = max(len(c.name) for c in checks)
     for c in checks:
-        print(f"  [{'PASS' if c.passed else 'FAIL'}] {c.name.ljust(width)}  {c.detail}")
+        mark = "SKIP" if c.passed is None else "PASS" if c.passed else "FAIL"
+        print(f"  [{mark}] {c.name.ljust(width)}  {c.detail}")
 
 
 def emit_json(document: dict) -> None:

@@ -1,4 +1,4 @@
-"""Task functions for bench/pool_overhead.py.
+"""Task functions for the scripts in bench/.
 
 They live in an importable module (not ``__main__``) because every pool
 pickles the callable by reference and its workers import it by name.
@@ -22,3 +22,14 @@ def sleep_for(seconds):
     results can be checked against the input."""
     time.sleep(seconds)
     return seconds
+
+
+def checksum(array):
+    """Sum of every element of ``array``, as a float: the task reads all of
+    its input and returns a few bytes."""
+    return float(array.sum())
+
+
+def identity(x):
+    """Return the argument unchanged (an echo: the payload goes back)."""
+    return x
