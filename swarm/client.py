@@ -696,16 +696,19 @@ class Batch(_Requestor):
                 position += 1
             if self._reorder.done:
                 return
-            index, value = self._take(timeout)
-            if type(value) is _Chunk:
-                for offset in value.failed:
-                    self._errors[index + offset] = value.values[offset].error
-                self._reorder.put_chunk(index, value.values)
-            else:
-                if type(value) is _Failure:
-                    self._errors[index] = value.error
-                self._reorder.put(index, value)
-            released.extend(self._reorder.pop_ready())
+            self._absorb(*self._take(timeout))
+
+    def _absorb(self, index: int, value: Any) -> None:
+        """File one item of the result queue; release the completed prefix."""
+        if type(value) is _Chunk:
+            for offset in value.failed:
+                self._errors[index + offset] = value.values[offset].error
+            self._reorder.put_chunk(index, value.values)
+        else:
+            if type(value) is _Failure:
+                self._errors[index] = value.error
+            self._reorder.put(index, value)
+        self._released.extend(self._reorder.pop_ready())
 
     def list_results(self, return_exceptions: bool = False,
                      timeout: Optional[float] = None) -> List[Any]:
@@ -715,7 +718,14 @@ class Batch(_Requestor):
         error on it) unless ``return_exceptions`` puts each TaskError in its
         task's slot.
         """
-        results = list(self.yield_results(return_exceptions=True, timeout=timeout))
+        if self._pool is None:
+            self.start()
+        while not self._reorder.done:
+            self._absorb(*self._take(timeout))
+        if not self._errors:
+            return list(self._released)
+        results = [value.error if type(value) is _Failure else value
+                   for value in self._released]
         if self._errors and not return_exceptions:
             raise BatchError(dict(sorted(self._errors.items())), results)
         return results

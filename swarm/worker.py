@@ -419,12 +419,18 @@ class _Worker:
         if progress is not None:
             progress[0] = task_id
         fn = self.task_processor
+        builtin = fn is _call  # (callable, *args): one Python call, not two
         for i in range(count):
             if progress is not None:
                 progress[1] = i
             task = tasks[i]
             try:
-                results[i] = fn(*task) if type(task) is tuple else fn(task)
+                if type(task) is not tuple:
+                    results[i] = fn(task)
+                elif builtin and task:
+                    results[i] = task[0](*task[1:])
+                else:
+                    results[i] = fn(*task)
             except BaseException as exc:  # ship any failure to the client
                 if isinstance(exc, (_Terminate, KeyboardInterrupt)):
                     raise
