@@ -1331,13 +1331,7 @@ class Pool:
 
     def _send_chunk(self, worker: _Worker, requestor: _Requestor, index: int,
                     tasks: List[Any]) -> None:
-        try:
-            if requestor.init_data is not None:
-                if worker.init_for is not requestor:
-                    self._send_init(worker, requestor, requestor.init_data)
-            elif worker.init_failed:
-                self._send_init(worker, requestor, None)
-        except _InitRefused:
+        if not self._prepare(worker, requestor):
             for i in range(len(tasks)):
                 self._fail(requestor, index + i, requestor._init_error)
             return
@@ -1357,8 +1351,9 @@ class Pool:
         worker.last_busy = now
         requestor.chunks_sent += 1
 
-    def _send_task(self, worker: _Worker, requestor: _Requestor, index: int, task: Any) -> None:
-        chan = worker.chan
+    def _prepare(self, worker: _Worker, requestor: _Requestor) -> bool:
+        """Queue the initialize frame worker needs before requestor's tasks
+        (if any); False if requestor's init_data cannot be sent."""
         try:
             if requestor.init_data is not None:
                 if worker.init_for is not requestor:
@@ -1366,6 +1361,12 @@ class Pool:
             elif worker.init_failed:
                 self._send_init(worker, requestor, None)
         except _InitRefused:
+            return False
+        return True
+
+    def _send_task(self, worker: _Worker, requestor: _Requestor, index: int, task: Any) -> None:
+        chan = worker.chan
+        if not self._prepare(worker, requestor):
             self._fail(requestor, index, requestor._init_error)
             return
         try:

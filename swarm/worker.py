@@ -380,10 +380,7 @@ class _Worker:
                 raise  # the worker is being stopped, not the task failing
             return self._reply_error(chan, task_id, start, "task unpickling in the worker", exc)
         if not self.is_initialized:
-            exc = RuntimeError("the worker's initializer failed; it runs no task "
-                               "until a later initialize succeeds")
-            chan.push(KIND_ERROR, task_id, REFUSED_AUX, _error_body("initializer", exc))
-            return
+            return self._refuse(chan, task_id)
         try:
             if type(task) is tuple:
                 result = self.task_processor(*task)
@@ -409,10 +406,7 @@ class _Worker:
                 raise
             return self._reply_error(chan, task_id, start, "task unpickling in the worker", exc)
         if not self.is_initialized:
-            exc = RuntimeError("the worker's initializer failed; it runs no task "
-                               "until a later initialize succeeds")
-            chan.push(KIND_ERROR, task_id, REFUSED_AUX, _error_body("initializer", exc))
-            return
+            return self._refuse(chan, task_id)
         results = [None] * count
         errors = None
         progress = self.progress
@@ -477,6 +471,11 @@ class _Worker:
             return self._reply_error(chan, task_id, start, "initializer", exc)
         self.is_initialized = True
         chan.push(KIND_RESULT, task_id, time.perf_counter_ns() - start, None)
+
+    def _refuse(self, chan, task_id) -> None:
+        exc = RuntimeError("the worker's initializer failed; it runs no task "
+                           "until a later initialize succeeds")
+        chan.push(KIND_ERROR, task_id, REFUSED_AUX, _error_body("initializer", exc))
 
     def _reply_error(self, chan, task_id, start, phase, exc) -> None:
         chan.push(KIND_ERROR, task_id, time.perf_counter_ns() - start,

@@ -36,3 +36,5 @@ cdef class TaskQueue:
     cdef int _push_front(self, int requestor, int64_t index, object task) except -1
     cdef Node *_new_node(self, int requestor, int64_t index, object task) except NULL
     cdef void _unlink(self, Node *node) noexcept
+    cdef Node *_next_for(self, int requestor) except NULL
+    cdef object _take(self, Node *node)

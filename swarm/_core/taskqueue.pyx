@@ -171,47 +171,45 @@ cdef class TaskQueue:
         self._count += 1
         return 0
 
-    def pop_chunk(self, int requestor, Py_ssize_t most):
+    cdef Node *_next_for(self, int requestor) except NULL:
+        # The first task of requestor's lane, else the first in the queue.
         cdef Node *node = NULL
-        cdef Node *nxt
-        cdef int64_t first
-        cdef list tasks = []
         if 0 <= requestor < self._nlanes:
             node = self._lanes[requestor].head
         if node == NULL:
             node = self._head
             if node == NULL:
                 raise IndexError("pop from an empty TaskQueue")
+        return node
+
+    cdef object _take(self, Node *node):
+        # Unlink node, recycle it, and hand its task's reference to the caller.
+        self._unlink(node)
+        task = <object>node.task
+        Py_DECREF(task)          # the reference moves into `task`
+        node.gnext = self._free
+        self._free = node
+        return task
+
+    def pop_chunk(self, int requestor, Py_ssize_t most):
+        cdef Node *node = self._next_for(requestor)
+        cdef Node *nxt
+        cdef int64_t first = node.index
+        cdef list tasks = []
         requestor = node.requestor
-        first = node.index
         while True:
             nxt = node.rnext
-            self._unlink(node)
-            task = <object>node.task
-            Py_DECREF(task)          # the reference moves into `task`
-            tasks.append(task)
-            node.gnext = self._free
-            self._free = node
+            tasks.append(self._take(node))
             if len(tasks) >= most or nxt == NULL or nxt.index != first + len(tasks):
                 break
             node = nxt
         return (requestor, first, tasks)
 
     def pop(self, int requestor):
-        cdef Node *node = NULL
-        if 0 <= requestor < self._nlanes:
-            node = self._lanes[requestor].head
-        if node == NULL:
-            node = self._head
-            if node == NULL:
-                raise IndexError("pop from an empty TaskQueue")
-        self._unlink(node)
-        task = <object>node.task
-        Py_DECREF(task)          # the reference moves into `task`
-        out = (node.requestor, node.index, task)
-        node.gnext = self._free
-        self._free = node
-        return out
+        cdef Node *node = self._next_for(requestor)
+        cdef int lane = node.requestor
+        cdef int64_t index = node.index
+        return (lane, index, self._take(node))
 
     def remove_requestor(self, int requestor):
         cdef list removed = []
@@ -222,12 +220,8 @@ cdef class TaskQueue:
         node = self._lanes[requestor].head
         while node != NULL:
             nxt = node.rnext
-            self._unlink(node)
-            task = <object>node.task
-            Py_DECREF(task)
-            removed.append((node.index, task))
-            node.gnext = self._free
-            self._free = node
+            index = node.index
+            removed.append((index, self._take(node)))
             node = nxt
         return removed
 
