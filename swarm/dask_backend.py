@@ -30,7 +30,10 @@ need not exist on remote machines. Tasks run one at a time per process
   message naming the task. Set Dask's own retry bound
   ``distributed.scheduler.allowed-failures`` to 0 so that swarm's is the
   only one; otherwise a task runs up to ``(allowed_failures + 1) x
-  (max_retries + 1)`` times.
+  (max_retries + 1)`` times. Set ``distributed.scheduler.worker-saturation``
+  to 1.0 too: with more, a Dask worker holds a second task queued behind
+  the one running, and when it dies Dask fails both, charging swarm's
+  retry bound for a task that never ran.
 - Scaling: with a cluster object (``client.cluster`` by default: a
   LocalCluster, a dask-jobqueue or dask-kubernetes cluster), the slots the
   pool starts for a tta become ``cluster.scale(n)`` and a slot only counts
@@ -445,7 +448,7 @@ class _Slot:
             for seq, (future, payload) in ready:
                 if seq not in done:
                     try:
-                        exc = future.exception(timeout=0)
+                        exc = future.exception(timeout=10)
                     except BaseException as error:  # cancelled
                         exc = error
                     done[seq] = _Lost(exc)

@@ -21,6 +21,7 @@ import _tasks  # noqa: E402
 from swarm import TaskError, WorkerStartError  # noqa: E402
 from swarm.client import BatchManager, Pool, Sprint  # noqa: E402
 from swarm.dask_backend import DaskBackend  # noqa: E402
+from conftest import DASK_CONFIG  # noqa: E402
 
 
 def test_identical_tasks_all_run(dask_client, tmp_path):
@@ -113,7 +114,7 @@ def test_a_batch_behind_its_tta_grows_the_cluster_and_it_shrinks_back():
     """Worker counts over time, not speed: one Dask worker cannot finish
     the batch by its tta, so the pool asks the cluster for more, and gives
     them back once the batch is done and its slots retire."""
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+    with dask.config.set(DASK_CONFIG):
         cluster = distributed.LocalCluster(
             n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
             dashboard_address=":0")
