@@ -194,8 +194,11 @@ class WorkerCpu:
 class CpuMeter:
     """Machine-wide CPU busy share between successive samples (/proc/stat)."""
 
-    def __init__(self) -> None:
-        self._last = self._read()
+    def __init__(self, enabled: bool = True) -> None:
+        # Off for workers on other machines (a Dask cluster): this machine's
+        # load says nothing about theirs; the throughput check still works.
+        self._last = self._read() if enabled else None
+        self.enabled = self._last is not None
         self.busy: Optional[float] = None   # share in [0, 1] over the last interval
 
     @staticmethod
@@ -209,6 +212,8 @@ class CpuMeter:
         return sum(fields), idle
 
     def sample(self) -> Optional[float]:
+        if not self.enabled:
+            return None
         now = self._read()
         if now is not None and self._last is not None:
             total = now[0] - self._last[0]

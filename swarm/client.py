@@ -23,11 +23,9 @@ import os
 import pickle
 import queue as _queue
 import select
-import signal
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 import weakref
@@ -35,6 +33,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List
                     Optional, Tuple)
 
 from swarm import _runtime, _scaling
+from swarm.backend import Backend, LocalBackend
 from swarm._core.frame import (DEFAULT_MAX_FRAME, KIND_ERROR, KIND_INIT,
                                KIND_RESULT, KIND_TASK)
 from swarm._core.reorder import ReorderBuffer
@@ -321,8 +320,6 @@ MAX_CHUNK = 4096
 CHUNK_SHARE = 2
 # Frames in flight per worker while chunks are sent: one running, one ready.
 CHUNK_DEPTH = 2
-# Size of a worker's progress page (two int64; shared with swarm.worker).
-PROGRESS_SIZE = 16
 # Weight of the newest task duration in a requestor's moving average.
 EWMA_ALPHA = 0.2
 # Grace between closing a worker's connection and SIGTERM, then SIGKILL.
@@ -751,22 +748,21 @@ class BatchManager:
 
 
 class _Worker:
-    """The I/O thread's record of one worker process."""
+    """The I/O thread's record of one worker (its handle: see swarm.backend)."""
 
     __slots__ = ("proc", "pid", "chan", "ready_fd", "stderr_fd", "stderr_tail",
                  "requestor", "init_for", "init_failed", "inflight", "seq",
                  "is_ready", "is_dead", "last_busy", "is_fresh", "head_since",
                  "is_draining", "progress")
 
-    def __init__(self, proc: subprocess.Popen, ready_fd: int,
-                 progress: Optional[mmap.mmap]) -> None:
-        self.proc = proc
+    def __init__(self, proc: Any) -> None:
+        self.proc = proc   # the backend's handle: Popen-like (see swarm.backend)
         # The page the worker notes its place in a chunk on: [frame id,
         # position] (see swarm.worker); None where memfd is missing.
-        self.progress = progress
+        self.progress: Optional[mmap.mmap] = proc.progress
         self.pid = proc.pid
         self.chan: Optional[Channel] = None
-        self.ready_fd = ready_fd
+        self.ready_fd = proc.ready_fd
         self.stderr_fd = proc.stderr.fileno() if proc.stderr is not None else -1
         self.stderr_tail = b""
         self.requestor: Optional[_Requestor] = None
@@ -792,16 +788,7 @@ class _Worker:
             self.progress = None
 
     def exit_description(self) -> str:
-        code = self.proc.poll()
-        if code is None:
-            return "closed its connection"
-        if code < 0:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:
-                name = f"signal {-code}"
-            return f"died ({name})"
-        return f"exited with code {code}"
+        return self.proc.describe_exit()
 
 
 class Pool:
@@ -829,6 +816,11 @@ class Pool:
         Seconds the workers may take to start before WorkerStartError.
     max_frame
         Largest frame sent or accepted, in bytes.
+    backend
+        Where the workers run (see swarm.backend): default, processes on
+        this machine; ``swarm.dask_backend.DaskBackend(client)`` runs the
+        same script on a Dask cluster. ``workers`` then defaults to the
+        backend's capacity (its Dask workers).
 
     Leaving the ``with`` block (or ``close()``) cancels what is still
     queued, stops every worker and removes every socket file.
@@ -843,8 +835,13 @@ class Pool:
     def __init__(self, script: Optional[str] = None, workers: Optional[int] = None, *,
                  max_workers: Optional[int] = None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
                  max_retries: int = 1, start_timeout: float = 60.0,
-                 max_frame: int = DEFAULT_MAX_FRAME) -> None:
-        cores = len(os.sched_getaffinity(0))
+                 max_frame: int = DEFAULT_MAX_FRAME,
+                 backend: Optional[Backend] = None) -> None:
+        if backend is None:
+            backend = LocalBackend()
+        elif not isinstance(backend, Backend):
+            raise TypeError(f"backend must be a swarm.backend.Backend, got {backend!r}")
+        cores = backend.capacity()
         if workers is None:
             workers = cores
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
@@ -865,11 +862,6 @@ class Pool:
             script = os.path.abspath(os.fspath(script))
             if not os.path.isfile(script):
                 raise WorkerStartError(f"worker script {script} does not exist")
-            self._argv = [sys.executable, script]
-        else:
-            # Not `-m swarm.worker`: that would import swarm from the
-            # worker's cwd first (a source checkout shadows the install).
-            self._argv = [sys.executable, "-c", _BUILTIN_BOOTSTRAP]
         self.script = script
         self.size = workers
         self.max_workers = max_workers
@@ -886,12 +878,8 @@ class Pool:
         self._timeouts_active = False   # some live requestor has a task_timeout
         self._retiring: List[_Worker] = []
         self.max_frame = max_frame
-        self._run_dir = _runtime.run_dir()
-        _runtime.remove_stale_sockets(self._run_dir)
-        self._env = dict(os.environ, SWARM_PARENT_PID=str(os.getpid()),
-                         SWARM_RUN_DIR=self._run_dir, SWARM_MAX_FRAME=str(max_frame),
-                         SWARM_SYS_PATH=os.pathsep.join(p or os.getcwd() for p in sys.path),
-                         **_main_module_env())
+        self._backend = backend
+        backend.attach(self)
         self._queue = TaskQueue()
         self._workers: Dict[int, _Worker] = {}    # pid -> worker
         self._fds: Dict[int, Tuple[Callable[[_Worker], None], _Worker]] = {}
@@ -1022,36 +1010,18 @@ class Pool:
     # ------------------------------------------------------------ start-up
 
     def _spawn(self, for_requestor: Optional[_Requestor] = None) -> _Worker:
-        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-        progress, progress_fd = _new_progress_page()
-        env = dict(self._env, SWARM_READY_FD=str(ready_w))
-        pass_fds = [ready_w]
-        if progress_fd >= 0:
-            env["SWARM_PROGRESS_FD"] = str(progress_fd)
-            pass_fds.append(progress_fd)
-        try:
-            proc = subprocess.Popen(self._argv, env=env, pass_fds=pass_fds,
-                                    stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        except BaseException:
-            os.close(ready_r)
-            if progress is not None:
-                progress.close()
-            raise
-        finally:
-            os.close(ready_w)
-            if progress_fd >= 0:
-                os.close(progress_fd)
-        worker = _Worker(proc, ready_r, progress)
+        worker = _Worker(self._backend.start_worker())
         worker.requestor = for_requestor
         if for_requestor is not None:
             for_requestor.workers_assigned += 1
             for_requestor.workers_launched += 1
         self._workers[worker.pid] = worker
-        self._watch(ready_r, self._on_ready, worker)
-        # Non-blocking: a task may hand the pipe to a process that outlives
-        # the worker, and the I/O thread must never wait for its EOF.
-        os.set_blocking(worker.stderr_fd, False)
-        self._watch(worker.stderr_fd, self._on_stderr, worker)
+        self._watch(worker.ready_fd, self._on_ready, worker)
+        if worker.stderr_fd >= 0:
+            # Non-blocking: a task may hand the pipe to a process that outlives
+            # the worker, and the I/O thread must never wait for its EOF.
+            os.set_blocking(worker.stderr_fd, False)
+            self._watch(worker.stderr_fd, self._on_stderr, worker)
         return worker
 
     def _start_workers(self, n: int, timeout: float) -> None:
@@ -1101,16 +1071,14 @@ class Pool:
             self._reap(worker)
             self._on_start_failed(worker)
             return
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.connect(_runtime.socket_path(worker.pid, self._run_dir))
+            fd = worker.proc.connect()
         except OSError:
-            sock.close()
             self._reap(worker)
             self._on_start_failed(worker)
             return
         self._start_failures = 0
-        worker.chan = Channel(sock.detach(), blocking=False, max_frame=self.max_frame)
+        worker.chan = Channel(fd, blocking=False, max_frame=self.max_frame)
         worker.is_ready = True
         worker.last_busy = time.monotonic()
         step = self._step
@@ -1601,11 +1569,13 @@ class Pool:
             return
         if self._rate is None:
             self._rate = _scaling.RateMeter()
-            self._cpu = _scaling.CpuMeter()
+            # /proc readings say something only about workers on this machine.
+            self._cpu = _scaling.CpuMeter(enabled=self._backend.is_local)
             self._worker_cpu = _scaling.WorkerCpu()
         self._cpu.sample()
         worker_share = self._worker_cpu.sample(
-            [w.pid for w in self._workers.values() if w.is_ready], now)
+            [w.pid for w in self._workers.values() if w.is_ready]
+            if self._backend.is_local else [], now)
         cpu_saturated = self._cpu.is_saturated(worker_share)
         live = len(self._workers)
         step = self._step
@@ -1642,7 +1612,7 @@ class Pool:
                 continue
             if settling or now < r._next_step_at:
                 continue  # the last step is still starting or settling
-            if self._cpu.busy is None and _scaling.CpuMeter._read() is not None:
+            if self._cpu.busy is None and self._cpu.enabled:
                 continue  # no CPU reading yet: judge on the next tick
             if (self._cpu.busy is not None and self._cpu.busy >= _scaling.BUSY_SATURATED
                     and worker_share is None):
@@ -1761,10 +1731,7 @@ class Pool:
             self._drain_stderr(worker)
             if worker.stderr_fd not in self._fds and worker.proc.stderr is not None:
                 worker.proc.stderr.close()
-            try:
-                os.unlink(_runtime.socket_path(worker.pid, self._run_dir))
-            except FileNotFoundError:
-                pass
+            worker.proc.release()
 
     # ------------------------------------------------------------ deaths
 
@@ -1790,10 +1757,7 @@ class Pool:
             worker.requestor.workers_assigned -= 1
             worker.requestor = None
         self._workers.pop(worker.pid, None)
-        try:
-            os.unlink(_runtime.socket_path(worker.pid, self._run_dir))
-        except FileNotFoundError:
-            pass
+        worker.proc.release()
         if worker.stderr_fd not in self._fds and worker.proc.stderr is not None:
             worker.proc.stderr.close()  # else closed at its EOF or teardown
         worker.release_progress()
@@ -1929,7 +1893,7 @@ class Pool:
                 except OSError:
                     pass
         # Escalate: the EOF, then SIGTERM, then SIGKILL, a grace period each.
-        for escalate in (subprocess.Popen.terminate, subprocess.Popen.kill):
+        for escalate in (_terminate, _kill):
             deadline = time.monotonic() + STOP_GRACE_S
             for worker in workers:
                 try:
@@ -1941,10 +1905,7 @@ class Pool:
             worker.release_progress()
             if worker.proc.stderr is not None:
                 worker.proc.stderr.close()
-            try:
-                os.unlink(_runtime.socket_path(worker.pid, self._run_dir))
-            except FileNotFoundError:
-                pass
+            worker.proc.release()
         self._workers.clear()
         for handler, worker in self._fds.values():
             if handler == self._on_stderr and worker.proc.stderr is not None:
@@ -1956,21 +1917,15 @@ class Pool:
             except OSError:
                 pass
         self._wake_r = self._wake_w = -1
+        self._backend.detach()
 
 
-def _new_progress_page() -> Tuple[Optional[mmap.mmap], int]:
-    """A worker's progress page (see _Worker.progress) and the fd to pass
-    it on; (None, -1) without memfd (not Linux)."""
-    try:
-        fd = os.memfd_create("swarm-progress", os.MFD_CLOEXEC)
-    except (AttributeError, OSError):
-        return None, -1
-    try:
-        os.ftruncate(fd, PROGRESS_SIZE)
-        return mmap.mmap(fd, PROGRESS_SIZE), fd
-    except BaseException:
-        os.close(fd)
-        raise
+def _terminate(proc: Any) -> None:
+    proc.terminate()
+
+
+def _kill(proc: Any) -> None:
+    proc.kill()
 
 
 def _new_progress(requestor: _Requestor, desc: str) -> Any:
@@ -2011,16 +1966,6 @@ def _close_progress(requestor: _Requestor) -> None:
         bar.close()
 
 
-# The built-in worker's entry point: take the client's sys.path, exactly,
-# before anything imports swarm, so the worker runs the same swarm and finds
-# the same modules for functions pickled by reference.
-_BUILTIN_BOOTSTRAP = (
-    "import os, sys\n"
-    "sys.path[:] = os.environ['SWARM_SYS_PATH'].split(os.pathsep)\n"
-    "from swarm.worker import _main\n"
-    "_main()\n")
-
-
 def _stderr_writable() -> bool:
     """True if fd 2 takes a write now: a client whose stderr is a pipe
     nobody reads must not stall the pool (the output is dropped, and kept
@@ -2031,19 +1976,6 @@ def _stderr_writable() -> bool:
         return bool(poller.poll(0))
     except (OSError, ValueError):
         return False
-
-
-def _main_module_env() -> Dict[str, str]:
-    """Tell the built-in worker where the client's __main__ comes from, so
-    functions defined there can be unpickled (see swarm.worker._LazyMain)."""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if spec is not None and spec.name and not spec.name.startswith("swarm."):
-        return {"SWARM_MAIN_MODULE": spec.name}
-    path = getattr(main, "__file__", None)
-    if path and path.endswith(".py") and os.path.isfile(path):
-        return {"SWARM_MAIN_PATH": os.path.abspath(path)}
-    return {}
 
 
 class _InitRefused(Exception):

@@ -87,6 +87,12 @@ PROGRESS_SIZE = 16
 SOLE_CLIENT_CHECK_S = 0.1
 
 
+# Set by swarm.dask_backend while it loads a worker script on a Dask worker:
+# run() then records the script's functions here and returns instead of
+# serving a socket (the Dask worker calls them; see swarm.dask_backend).
+_captured: Optional[list] = None
+
+
 class _Terminate(BaseException):
     """Raised by the SIGTERM handler to unwind the serve loop."""
 
@@ -108,11 +114,17 @@ def run(task_processor: Callable[..., Any],
     max_frame
         Largest frame accepted or sent, in bytes; default: the starting
         pool's ``max_frame`` (``SWARM_MAX_FRAME``), else 1 GiB + 1 MiB.
+
+    On a Dask worker (a Pool with ``swarm.dask_backend.DaskBackend``) the
+    script is run for its functions: ``run`` hands them over and returns.
     """
     if not callable(task_processor):
         raise TypeError(f"task_processor must be callable, got {task_processor!r}")
     if initializer is not None and not callable(initializer):
         raise TypeError(f"initializer must be callable or None, got {initializer!r}")
+    if _captured is not None:
+        _captured.append((task_processor, initializer))
+        return
     if max_frame is None:
         max_frame = int(os.environ.get("SWARM_MAX_FRAME", DEFAULT_MAX_FRAME))
     _Worker(task_processor, initializer, max_frame).serve()

@@ -88,3 +88,15 @@ def spawn_helper_then_die(seconds):
 def return_lambda():
     """A result that cannot be pickled."""
     return lambda: None
+
+
+def append_line(path, text="x"):
+    """A side effect per call: one line appended to path."""
+    with open(path, "a") as f:
+        f.write(text + "\n")
+    return text
+
+
+def with_init_calls(x):
+    """(init value held, x, pid, initializer calls in this process so far)."""
+    return _state["init"], x, os.getpid(), _state["init_calls"]

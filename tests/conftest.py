@@ -53,14 +53,47 @@ def _socket_files() -> set[str]:
     return set(os.listdir(_RUN_DIR))
 
 
+def _count_pipes(fds: set[int]) -> int:
+    count = 0
+    for fd in fds:
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")
+        except OSError:
+            pass
+    return count
+
+
+def _tcp_inodes() -> set[str]:
+    """Inodes of this process's TCP sockets (a Dask client's connections)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                inodes.update(line.split()[9] for line in f)
+        except (OSError, StopIteration):
+            pass
+    return inodes
+
+
 @pytest.fixture(autouse=True)
-def no_leaks():
-    """Fail the test if a child process, fd or socket file outlives it."""
+def no_leaks(request):
+    """Fail the test if a child process, fd or socket file outlives it.
+
+    With the session's Dask cluster in use, TCP sockets are the Dask
+    client's own (it opens connections to workers lazily and keeps them
+    pooled): they are not counted; swarm itself uses only AF_UNIX."""
+    callspec = getattr(request.node, "callspec", None)
+    if "dask_client" in request.fixturenames or (
+            callspec is not None and callspec.params.get("pool_backend") == "dask"):
+        request.getfixturevalue("dask_client")  # the session's cluster predates the test
     children, fds, files = _children(), _open_fds(), _socket_files()
+    pipes = _count_pipes(fds)
     yield
+    uses_dask = _dask_cluster is not None
     deadline = time.monotonic() + REAP_S
     while time.monotonic() < deadline:
-        extra_children = _children() - children
+        extra_children = _children() - children - _dask_nannies()
         extra_files = _socket_files() - files
         if not extra_children and not extra_files:
             break
@@ -72,6 +105,17 @@ def no_leaks():
         except FileNotFoundError:
             pass  # the fd that listed /proc/self/fd, closed since
     extra_fds = {fd: name for fd, name in names.items() if not name.startswith("/dev/")}
+    if uses_dask and extra_fds:
+        tcp = {f"socket:[{inode}]" for inode in _tcp_inodes()}
+        # The in-process scheduler's system monitor reads /proc (psutil)
+        # on its own thread: a file it has open at this moment is its own.
+        extra_fds = {fd: name for fd, name in extra_fds.items()
+                     if name not in tcp and not name.startswith("/proc/")}
+        # A nanny that restarted a killed Dask worker holds new pipes to it
+        # and closed the old ones: pipes count as leaked only by number.
+        if _count_pipes(_open_fds()) <= pipes:
+            extra_fds = {fd: name for fd, name in extra_fds.items()
+                         if not name.startswith("pipe:")}
     leftovers = []
     if extra_children:
         leftovers.append(f"child processes {sorted(extra_children)}")
@@ -173,3 +217,86 @@ def make_worker(tmp_path):
     yield make
     for worker in started:
         worker.stop()
+
+
+# ---------------------------------------------------------------- Dask
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "both_backends: run the test on the local pool and on the Dask backend")
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.definition.get_closest_marker("both_backends") is not None:
+        metafunc.fixturenames.append("pool_backend")
+        metafunc.parametrize("pool_backend", ["local", "dask"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """A Client of a real LocalCluster (2 worker processes, one thread each,
+    on 127.0.0.1), shared by the session's Dask tests. Dask's own retry
+    bound is 0, so that a worker death reaches swarm's. At the end of the
+    session no scheduler connection or worker process may be left."""
+    distributed = pytest.importorskip("distributed")
+    import dask
+    with dask.config.set(DASK_CONFIG):
+        cluster = distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+            dashboard_address=None)
+    client = distributed.Client(cluster)
+    global _dask_cluster
+    _dask_cluster = cluster
+    try:
+        yield client
+    finally:
+        nannies = _dask_nannies()
+        client.close()
+        cluster.close(timeout=20)
+        _dask_cluster = None
+        deadline = time.monotonic() + REAP_S
+        while time.monotonic() < deadline and nannies & _children():
+            time.sleep(0.05)
+        left = nannies & _children()
+        assert not left, f"Dask worker processes left after the cluster closed: {sorted(left)}"
+
+
+_dask_cluster = None   # the session's LocalCluster while it runs
+# Retries are swarm's alone (allowed-failures 0), and a Dask worker holds
+# one task at a time (worker-saturation 1.0): a task queued behind one that
+# kills its worker would otherwise fail with it, never having run.
+DASK_CONFIG = {"distributed.scheduler.allowed-failures": 0,
+               "distributed.scheduler.worker-saturation": 1.0}
+
+
+def _dask_nannies() -> set[int]:
+    """Pids of the session cluster's worker processes (our children)."""
+    if _dask_cluster is None:
+        return set()
+    pids = set()
+    for worker in list(_dask_cluster.workers.values()):
+        pid = getattr(getattr(worker, "process", None), "pid", None)
+        if pid is not None:
+            pids.add(pid)
+    return pids
+
+
+@pytest.fixture
+def pool_backend(request, monkeypatch):
+    """"local" or "dask": with "dask", every Pool the test creates without
+    a backend runs on the session's LocalCluster (the test is unchanged)."""
+    if request.param == "dask":
+        client = request.getfixturevalue("dask_client")
+        from swarm.client import Pool
+        from swarm.dask_backend import DaskBackend
+        original = Pool.__init__
+
+        def on_dask(self, *args, backend=None, **kwargs):
+            if backend is None:
+                # The shared cluster keeps its size (tests/test_dask_backend.py
+                # scales a cluster of its own).
+                backend = DaskBackend(client, scale=False)
+            original(self, *args, backend=backend, **kwargs)
+
+        monkeypatch.setattr(Pool, "__init__", on_dask)
+    return request.param

@@ -12,6 +12,7 @@ from swarm import SwarmError
 from swarm.client import BatchManager, Pool, Sprint
 
 
+@pytest.mark.both_backends
 def test_results_keep_task_order_whatever_the_finish_order():
     # Early tasks sleep longest, so they finish last.
     tasks = [(_tasks.sleep_then, 0.05 * (5 - i) if i < 5 else 0, i) for i in range(30)]
@@ -21,6 +22,7 @@ def test_results_keep_task_order_whatever_the_finish_order():
         assert batch.list_results() == list(range(30))
 
 
+@pytest.mark.both_backends
 def test_yield_results_streams_in_task_order():
     with Pool(workers=2) as pool:
         batch = BatchManager(pool, [(_tasks.square, i) for i in range(100)]).batch
@@ -29,6 +31,7 @@ def test_yield_results_streams_in_task_order():
         assert batch.list_results() == [i * i for i in range(100)]  # again, same
 
 
+@pytest.mark.both_backends
 def test_a_2000_task_batch():
     with Pool(workers=2) as pool:
         batch = BatchManager(pool, [(_tasks.square, i) for i in range(2000)]).batch
@@ -38,6 +41,7 @@ def test_a_2000_task_batch():
         assert batch.stats["tasks_left"] == 0
 
 
+@pytest.mark.both_backends
 def test_an_empty_batch_returns_an_empty_list():
     with Pool(workers=1) as pool:
         batch = BatchManager(pool, []).batch
@@ -45,6 +49,7 @@ def test_an_empty_batch_returns_an_empty_list():
         assert batch.list_results() == []
 
 
+@pytest.mark.both_backends
 def test_list_results_starts_a_batch_that_was_not_started():
     with Pool(workers=1) as pool:
         assert BatchManager(pool, [(_tasks.square, 2)]).batch.list_results() == [4]
@@ -58,6 +63,7 @@ def test_a_batch_starts_once():
             batch.start()
 
 
+@pytest.mark.both_backends
 def test_numpy_arrays_as_tasks_go_as_single_arguments(tmp_path, monkeypatch):
     (tmp_path / "norms.py").write_text(textwrap.dedent("""
         import numpy as np
@@ -106,6 +112,7 @@ def test_init_data_reaches_every_worker_that_ran_the_batchs_tasks(tmp_path):
         assert batch.stats["initializations"] >= len(pids)
 
 
+@pytest.mark.both_backends
 def test_two_batches_and_a_sprint_with_different_init_data_do_not_cross(tmp_path):
     script = tmp_path / "tagger.py"
     script.write_text(textwrap.dedent(INIT_WORKER))

@@ -12,6 +12,7 @@ from swarm import RemoteTraceback, TaskError
 from swarm.client import BatchError, BatchManager, Pool, Sprint
 
 
+@pytest.mark.both_backends
 def test_failed_tasks_raise_a_batch_error_naming_them_with_results_reachable():
     with Pool(workers=2) as pool:
         batch = BatchManager(pool, [(_tasks.fail_if, i, {2, 5}) for i in range(8)]).batch
@@ -26,6 +27,7 @@ def test_failed_tasks_raise_a_batch_error_naming_them_with_results_reachable():
     assert [r for i, r in enumerate(err.results) if i not in (2, 5)] == [0, 1, 3, 4, 6, 7]
 
 
+@pytest.mark.both_backends
 def test_return_exceptions_puts_task_errors_in_their_slots():
     with Pool(workers=2) as pool:
         batch = BatchManager(pool, [(_tasks.fail_if, i, {1}) for i in range(3)]).batch
@@ -35,6 +37,7 @@ def test_return_exceptions_puts_task_errors_in_their_slots():
     assert isinstance(results[1], TaskError) and isinstance(results[1].exception, ValueError)
 
 
+@pytest.mark.both_backends
 def test_ordered_stream_raises_at_the_failed_position():
     with Pool(workers=2) as pool:
         batch = BatchManager(pool, [(_tasks.fail_if, i, {3}) for i in range(6)]).batch
@@ -45,6 +48,7 @@ def test_ordered_stream_raises_at_the_failed_position():
         assert got == [0, 1, 2]
 
 
+@pytest.mark.both_backends
 def test_worker_killed_mid_task_is_replaced_and_the_task_retried(tmp_path):
     marker = str(tmp_path / "died-once")
     with Pool(workers=2) as pool:
@@ -86,6 +90,7 @@ def test_max_retries_zero_reports_the_first_death():
     assert got[1] == 4
 
 
+@pytest.mark.both_backends
 def test_failing_initializer_fails_its_requestors_tasks_only():
     with Pool(workers=2) as pool:
         bad = BatchManager(pool, [(_tasks.square, i) for i in range(5)],
@@ -101,6 +106,7 @@ def test_failing_initializer_fails_its_requestors_tasks_only():
         assert good.list_results() == [i * i for i in range(5)]
 
 
+@pytest.mark.both_backends
 def test_unpicklable_task_fails_alone():
     with Pool(workers=2) as pool:
         batch = BatchManager(pool, [(_tasks.echo, 1), (_tasks.echo, lambda: 0),

@@ -16,6 +16,7 @@ from swarm import PoolClosed, WorkerStartError
 from swarm.client import BatchManager, Pool, Sprint
 
 
+@pytest.mark.both_backends
 def test_pool_runs_plain_functions_on_the_built_in_worker():
     with Pool(workers=2) as pool:
         batch = BatchManager(pool, [(_tasks.square, i) for i in range(20)]).batch
@@ -47,6 +48,7 @@ def test_close_is_idempotent_and_the_closed_pool_refuses_work():
         pool.submit_sprint(Sprint())
 
 
+@pytest.mark.both_backends
 def test_pool_with_a_worker_script_resolves_a_relative_path(tmp_path, monkeypatch):
     (tmp_path / "doubler.py").write_text(textwrap.dedent("""
         from swarm.worker import run
@@ -84,6 +86,7 @@ def test_script_that_exits_without_serving_is_a_start_error(tmp_path):
         Pool(str(script), workers=1)
 
 
+@pytest.mark.both_backends
 def test_leaving_the_block_cancels_queued_tasks_and_stops_promptly():
     start = time.monotonic()
     with Pool(workers=2) as pool:

@@ -11,6 +11,7 @@ from swarm import SwarmError, TaskError
 from swarm.client import Pool, Sprint
 
 
+@pytest.mark.both_backends
 def test_results_stream_with_their_submission_positions():
     with Pool(workers=2) as pool:
         sprint = pool.submit_sprint(Sprint())
@@ -20,6 +21,7 @@ def test_results_stream_with_their_submission_positions():
     assert results == {i: i * i for i in range(50)}
 
 
+@pytest.mark.both_backends
 def test_tasks_submitted_before_the_pool_are_kept():
     sprint = Sprint()
     assert sprint.submit_tasks([(_tasks.square, 3)]) == range(0, 1)
@@ -29,6 +31,7 @@ def test_tasks_submitted_before_the_pool_are_kept():
         assert sorted(sprint.yield_results()) == [(0, 9), (1, 16)]
 
 
+@pytest.mark.both_backends
 def test_ids_continue_across_calls_and_iterations():
     with Pool(workers=2) as pool:
         sprint = pool.submit_sprint(Sprint())
@@ -39,6 +42,7 @@ def test_ids_continue_across_calls_and_iterations():
         assert list(sprint.yield_results()) == []  # nothing outstanding
 
 
+@pytest.mark.both_backends
 def test_tasks_submitted_while_reading_are_yielded_by_the_running_iterator():
     with Pool(workers=2) as pool:
         sprint = pool.submit_sprint(Sprint())
@@ -51,6 +55,7 @@ def test_tasks_submitted_while_reading_are_yielded_by_the_running_iterator():
         assert seen == list(range(10))
 
 
+@pytest.mark.both_backends
 def test_every_result_arrives_exactly_once_with_concurrent_submitters():
     with Pool(workers=2) as pool:
         sprint = pool.submit_sprint(Sprint())
@@ -70,6 +75,7 @@ def test_every_result_arrives_exactly_once_with_concurrent_submitters():
     assert sorted(r for _, r in pairs) == sorted(k * 1000 + i for k in range(4) for i in range(20))
 
 
+@pytest.mark.both_backends
 def test_init_data_is_run_before_the_sprints_tasks():
     with Pool(workers=2) as pool:
         sprint = pool.submit_sprint(Sprint(init_data=(_tasks.set_init, "S")))
@@ -77,6 +83,7 @@ def test_init_data_is_run_before_the_sprints_tasks():
         assert {init for _, (init, _x, _pid) in sprint.yield_results()} == {"S"}
 
 
+@pytest.mark.both_backends
 def test_failed_task_raises_and_the_others_stay_reachable():
     with Pool(workers=2) as pool:
         sprint = pool.submit_sprint(Sprint())
@@ -90,6 +97,7 @@ def test_failed_task_raises_and_the_others_stay_reachable():
         assert got == {i: i for i in range(6) if i != 3}
 
 
+@pytest.mark.both_backends
 def test_return_exceptions_puts_errors_in_place():
     with Pool(workers=2) as pool:
         sprint = pool.submit_sprint(Sprint())
