@@ -1,7 +1,8 @@
 """Shared helpers for the scripts in bench/.
 
 - ``parse_args``: the common ``--quick`` / ``--json`` / ``--pin`` flags (and
-  a script's own, through ``configure``);
+  a script's own, through ``configure``); ``pick_plan``: the plan those flags
+  (``--quick``, ``--watchdog``) select;
   ``Placement`` applies ``--pin`` (CPU affinity of this process and its
   children).
 - ``measure``: median-of-repeats timing. Every case is warmed up first; the
@@ -34,8 +35,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-__all__ = ["Stats", "Check", "Placement", "parse_args", "measure", "environment", "print_header",
-           "print_table", "ratio", "print_checks", "emit_json", "package_version",
+__all__ = ["Stats", "Check", "Placement", "parse_args", "pick_plan", "measure", "environment",
+           "print_header", "print_table", "ratio", "print_checks", "emit_json", "package_version",
            "descendants", "start_watchdog"]
 
 
@@ -57,6 +58,16 @@ def parse_args(description: str, argv: Optional[Sequence[str]] = None,
                              "split = this process on one CPU, the children on another "
                              f"(default: {default_pin})")
     return parser.parse_args(argv)
+
+
+def pick_plan(args: argparse.Namespace, default_plan: dict, quick_plan: dict) -> dict:
+    """A copy of ``quick_plan`` with ``--quick``, else of ``default_plan``;
+    ``--watchdog`` (for a script that has the flag), when given, replaces
+    its ``watchdog_s``."""
+    plan = dict(quick_plan if args.quick else default_plan)
+    if getattr(args, "watchdog", None) is not None:
+        plan["watchdog_s"] = args.watchdog
+    return plan
 
 
 class Placement:

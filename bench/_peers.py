@@ -2,7 +2,11 @@
 
 - ``configure``: the flags every workload script shares (``--workers``,
   ``--watchdog``, ``--no-ray``), next to _harness's ``--quick``, ``--json``
-  and ``--pin``.
+  and ``--pin``; ``parse_args`` parses them all and picks the plan.
+- ``Run``: one run of a script that measures warm pools: flags, plan,
+  placement and watchdog; ``pool_phase`` then ``ray_phase``; the JSON
+  document, the header and the table, skip notes and checks, in the form
+  they all share.
 - ``start_pools``: swarm's Pool, ``multiprocessing.Pool``,
   ``concurrent.futures.ProcessPoolExecutor`` (PPE), loky's
   ``ProcessPoolExecutor`` and mpire's ``WorkerPool``, each with the same
@@ -11,7 +15,10 @@
 - ``pool_phase``: start those pools, warm every case up, measure, close.
 - ``ray_phase``: Ray, when installed, measured in a phase of its own after
   the other pools are closed (see its docstring for why).
-- ``make_arrays`` / ``swarm_empty_copies``: the numpy workloads' payloads.
+- ``make_arrays`` / ``swarm_empty_copies``: the numpy workloads' payloads;
+  ``array_cases`` / ``array_ray_cases`` / ``array_checks`` /
+  ``array_report``: their cases (one 8 MiB array per task through each
+  pool), their checks against Ray and their output (GB/s, ms per task).
 - ``case_rows`` / ``cases_json``: table rows and JSON for a set of cases,
   with "skipped" rows and the peer / swarm ratio.
 
@@ -28,7 +35,7 @@ import multiprocessing
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import _harness as h
 
@@ -45,6 +52,25 @@ def configure(parser, *, default_watchdog_s: float, quick_watchdog_s: float) -> 
     parser.add_argument("--no-ray", action="store_true",
                         help="leave Ray out even when it is installed (its start-up "
                              "takes seconds)")
+
+
+def parse_args(description: str, argv: Optional[Sequence[str]], default_plan: dict,
+               quick_plan: dict):
+    """Parse _harness's flags and ``configure``'s (the ``--watchdog`` help
+    names both plans' ``watchdog_s``); returns (args, plan), the plan per
+    ``_harness.pick_plan``."""
+    args = h.parse_args(description, argv, configure=lambda p: configure(
+        p, default_watchdog_s=default_plan["watchdog_s"],
+        quick_watchdog_s=quick_plan["watchdog_s"]))
+    if args.workers < 1:
+        raise SystemExit("--workers must be >= 1")
+    return args, h.pick_plan(args, default_plan, quick_plan)
+
+
+def plan_note(args, detail: str) -> str:
+    """The header's "plan" line: --quick or default, workers, then ``detail``."""
+    return (f"plan        {'--quick' if args.quick else 'default'}: {args.workers} workers "
+            f"per pool; {detail}")
 
 
 def optional(name: str):
@@ -225,6 +251,95 @@ def ray_notes(info: dict) -> list:
             f"operations per sample"]
 
 
+# ---------------------------------------------------------------- a run
+
+class Run:
+    """One run of a script that measures warm pools, from its flags to its
+    report.
+
+    The constructor parses the flags (``parse_args``), then takes the
+    environment, the placement (``--pin``) and starts the watchdog, named
+    ``name``. ``measure`` runs ``pool_phase`` then ``ray_phase`` and stops
+    the watchdog; ``emit_json``, ``print_header`` and ``print_report`` give
+    the parts of the output every such script shares, around what the
+    script passes in.
+    """
+
+    def __init__(self, name: str, description: str, argv: Optional[Sequence[str]],
+                 default_plan: dict, quick_plan: dict) -> None:
+        self.name = name
+        self.args, self.plan = parse_args(description, argv, default_plan, quick_plan)
+        self.env = h.environment()
+        self.placement = h.Placement(self.args.pin)
+        self.watchdog = h.start_watchdog(self.plan["watchdog_s"], name)
+        self.stats: Dict[str, h.Stats] = {}
+        self.methods = ""
+        self.leftover: List[int] = []
+        self.ray_info: dict = {}
+
+    def measure(self, build: Callable[[dict], Dict[str, Optional[Callable[[int], Any]]]],
+                build_ray: Callable[[Any, contextlib.ExitStack], Dict[str, Callable[[int], Any]]],
+                *, number: int, warmup: int, check: Optional[Callable[[str, int, Any], None]],
+                ray_number: Optional[int] = None) -> Dict[str, h.Stats]:
+        """Every pool's cases (``pool_phase``, ``build``) then Ray's
+        (``ray_phase``, ``build_ray``; ``ray_number`` operations per sample,
+        default ``number``), ``plan["repeats"]`` each; returns the stats of
+        both, by case name."""
+        repeats = self.plan["repeats"]
+        self.stats, self.methods, self.leftover = pool_phase(
+            self.placement, self.args.workers, ("swarm", "mp", "PPE", "loky", "mpire"), build,
+            repeats=repeats, number=number, warmup=warmup, check=check)
+        ray_stats, self.ray_info = ray_phase(
+            self.args, self.placement, self.args.workers, build_ray, repeats=repeats,
+            number=number if ray_number is None else ray_number, warmup=warmup, check=check)
+        self.stats.update(ray_stats)
+        self.watchdog.set()
+        return self.stats
+
+    def ray_skipped(self, *names: str) -> Dict[str, str]:
+        """Why Ray's cases ``names`` were skipped, for ``print_report`` (an
+        empty reason when they ran)."""
+        return {name: self.ray_info.get("skipped", "") for name in names}
+
+    def emit_json(self, results: dict, checks: Sequence[h.Check]) -> None:
+        """The JSON document: what the run was (plan, placement, start
+        methods, versions, Ray), ``results``, leftover workers, checks."""
+        args = self.args
+        h.emit_json({
+            "benchmark": self.name, "environment": self.env,
+            "plan": dict(self.plan, quick=args.quick, pin=args.pin, workers=args.workers),
+            "placement": self.placement.describe(), "start_methods": self.methods,
+            "versions": versions(), "ray": self.ray_info,
+            "results": results,
+            "swarm_workers_left_running": self.leftover,
+            "checks": [c.as_dict() for c in checks],
+        })
+
+    def print_header(self, title: str, plan_detail: str, notes: Sequence[str] = ()) -> None:
+        """The header: versions, the plan line (``plan_note``), start
+        methods, placement, the script's ``notes``, Ray's phase."""
+        h.print_header(title, self.env, notes=[
+            *version_notes(),
+            plan_note(self.args, plan_detail),
+            f"start       {self.methods}",
+            f"pin         {self.placement.describe()}",
+            *notes,
+            *ray_notes(self.ray_info),
+        ])
+
+    def print_report(self, title: str, headers: Sequence[str], order: Sequence[str],
+                     base: str, cells: Callable[[h.Stats], Sequence[str]],
+                     skipped: Dict[str, str], checks: Sequence[h.Check]) -> None:
+        """The table (``case_rows``), why rows were skipped, a warning if
+        swarm workers outlived ``pool.close()``, then the checks."""
+        h.print_table(title, headers, case_rows(self.stats, order, base, cells))
+        print_skip_notes(self.stats, order, skipped)
+        if self.leftover:
+            print(f"WARNING: swarm workers still running after pool.close(): "
+                  f"{self.leftover}\n")
+        h.print_checks(checks)
+
+
 # ---------------------------------------------------------------- arrays
 
 ARRAY_BYTES = 8 * 1024 * 1024     # one payload: 8 MiB of float64
@@ -259,9 +374,115 @@ def swarm_empty_copies(arrays: list) -> Tuple[Optional[list], str]:
     return copies, ""
 
 
+ARRAY_BASE = "swarm Batch"
+ARRAY_EMPTY = ARRAY_BASE + SWARM_EMPTY_ROW_SUFFIX
+ARRAY_RAY = "Ray remote"
+ARRAY_RAY_PREPUT = "Ray pre-put refs"
+ARRAY_ORDER = (ARRAY_BASE, ARRAY_EMPTY, "mp map cs=1", "PPE map", "loky map", "mpire map cs=1",
+               ARRAY_RAY, ARRAY_RAY_PREPUT)
+
+
+def pick(items: list, n: int) -> list:
+    """The first ``n`` items of ``items`` repeated: task i gets items[i % len]."""
+    return [items[i % len(items)] for i in range(n)]
+
+
+def array_cases(pools: dict, fn: Callable, arrays: list, empty_arrays: Optional[list],
+                **mpire_kwargs) -> Dict[str, Optional[Callable[[int], list]]]:
+    """The numpy workloads' cases, name -> fn(n) returning the n results in
+    task order (None: not installed or, for ARRAY_EMPTY, no swarm.empty):
+    one task per array, ``fn(a)``, with chunk size 1 wherever a pool has
+    one. ``mpire_kwargs`` go to ``WorkerPool.map``."""
+    from swarm.client import BatchManager
+    pool = pools["swarm"]
+
+    def swarm_batch_over(source):
+        def run(n):
+            batch = BatchManager(pool, [(fn, a) for a in pick(source, n)]).batch
+            batch.start()
+            return batch.list_results()
+        return run
+
+    mp_pool = pools["mp"]
+
+    def mp_map(n):
+        return mp_pool.map(fn, pick(arrays, n), chunksize=1)
+
+    def executor_map(ex):
+        return lambda n: list(ex.map(fn, pick(arrays, n)))
+
+    def mpire_map(mwp):
+        return lambda n: mwp.map(fn, pick(arrays, n), chunk_size=1, **mpire_kwargs)
+
+    return {ARRAY_BASE: swarm_batch_over(arrays),
+            ARRAY_EMPTY: swarm_batch_over(empty_arrays) if empty_arrays is not None else None,
+            "mp map cs=1": mp_map, "PPE map": executor_map(pools["PPE"]),
+            "loky map": executor_map(pools["loky"]) if "loky" in pools else None,
+            "mpire map cs=1": mpire_map(pools["mpire"]) if "mpire" in pools else None}
+
+
+def array_ray_cases(fn: Callable, arrays: list):
+    """``build`` for ``ray_phase``: ARRAY_RAY (``fn.remote(a)``, Ray puts
+    each array in its store) and ARRAY_RAY_PREPUT (the arrays ``ray.put``
+    once, the tasks carry their refs)."""
+    def build(ray, _stack) -> dict:
+        remote = ray.remote(fn)
+        refs = [ray.put(a) for a in arrays]
+
+        def ray_remote(n):
+            return ray.get([remote.remote(a) for a in pick(arrays, n)])
+
+        def ray_preput(n):
+            return ray.get([remote.remote(r) for r in pick(refs, n)])
+        return {ARRAY_RAY: ray_remote, ARRAY_RAY_PREPUT: ray_preput}
+    return build
+
+
+def array_checks(stats: Dict[str, h.Stats], what: str, over_ray: float) -> list:
+    """For swarm Batch and its swarm.empty row: throughput at least
+    ``over_ray`` times Ray remote's (SKIP when either did not run)."""
+    checks = []
+    for name in (ARRAY_BASE, ARRAY_EMPTY):
+        label = f"{name}: 8 MiB {what} >= {over_ray:g}x Ray's throughput"
+        if name not in stats:
+            checks.append(h.Check(label, None, f"{name} skipped"))
+        elif ARRAY_RAY not in stats:
+            checks.append(h.Check(label, None, "Ray skipped"))
+        else:
+            swarm, ray = stats[name].median, stats[ARRAY_RAY].median
+            checks.append(h.Check(label, ray >= over_ray * swarm,
+                                  f"swarm/Ray throughput = {ray / swarm:.2f}x "
+                                  f"(need {over_ray:.2f}x)"))
+    return checks
+
+
 def gbps(nbytes: int, seconds: float) -> float:
     """Throughput in GB/s (1 GB = 1e9 bytes)."""
     return nbytes / seconds / 1e9 if seconds > 0 else float("inf")
+
+
+def array_report(run: Run, order: Sequence[str], skipped: Dict[str, str],
+                 checks: Sequence[h.Check], *, bytes_per_task: int, gbps_counts: str,
+                 title: str, table_title: str) -> None:
+    """The numpy workloads' output, JSON or header and table: per case the
+    throughput (``bytes_per_task`` per task over the median time;
+    ``gbps_counts`` says what it counts), median and min ms per task,
+    peer/swarm."""
+    n = run.plan["tasks"]
+    if run.args.json:
+        run.emit_json({
+            "unit": "seconds per task", "tasks": n, "array_bytes": ARRAY_BYTES,
+            "gbps_counts": gbps_counts,
+            "cases": cases_json(run.stats, order, ARRAY_BASE, skipped, extra=lambda s: {
+                "gbps_median": gbps(bytes_per_task, s.median)})}, checks)
+        return
+    run.print_header(title, f"{n} tasks x 8 MiB per sample x {run.plan['repeats']} repeats, "
+                            f"median over repeats")
+    run.print_report(
+        table_title, ("case", "GB/s", "median ms/task", "min ms/task", "peer/swarm"), order,
+        ARRAY_BASE, lambda s: (f"{gbps(bytes_per_task, s.median):.2f}",
+                               f"{s.median * 1e3:.2f}", f"{s.min * 1e3:.2f}"),
+        skipped, checks)
 
 
 # ---------------------------------------------------------------- report

@@ -497,9 +497,7 @@ def main(argv=None) -> int:
     if args.pin == "split":
         raise SystemExit("--pin split is not supported here: swarm launches workers "
                          "from its I/O thread during the run")
-    plan = dict(QUICK_PLAN if args.quick else DEFAULT_PLAN)
-    if args.watchdog is not None:
-        plan["watchdog_s"] = args.watchdog
+    plan = h.pick_plan(args, DEFAULT_PLAN, QUICK_PLAN)
     env = h.environment()
     checkout = swarm_checkout()
     placement = h.Placement(args.pin)

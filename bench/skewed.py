@@ -72,7 +72,8 @@ SKEW_SIGMA = 0.8
 SKEW_SEED = 0
 BASE = "swarm Batch"
 MP_CASES = ("mp map cs=1", "mp map")
-ORDER = (BASE, *MP_CASES, "PPE map", "loky map", "mpire map", "Ray remote-each")
+RAY = "Ray remote-each"
+ORDER = (BASE, *MP_CASES, "PPE map", "loky map", "mpire map", RAY)
 OVER_MP = 1.02            # target: swarm makespan / best multiprocessing makespan
 OVER_IDEAL = 1.10         # target: swarm makespan / ideal
 
@@ -101,24 +102,16 @@ def build_cases(pools: dict, durations: list) -> dict:
     def mp_map(n):
         return mp_pool.map(sleep_for, durations[:n])
 
-    ppe = pools["PPE"]
+    def executor_map(ex):
+        return lambda n: list(ex.map(sleep_for, durations[:n]))
 
-    def ppe_map(n):
-        return list(ppe.map(sleep_for, durations[:n]))
+    def mpire_map(mwp):
+        return lambda n: mwp.map(sleep_for, durations[:n])
 
-    cases = {BASE: swarm_batch, "mp map cs=1": mp_map_1, "mp map": mp_map,
-             "PPE map": ppe_map, "loky map": None, "mpire map": None}
-    lex = pools.get("loky")
-    if lex is not None:
-        def loky_map(n):
-            return list(lex.map(sleep_for, durations[:n]))
-        cases["loky map"] = loky_map
-    mwp = pools.get("mpire")
-    if mwp is not None:
-        def mpire_map(n):
-            return mwp.map(sleep_for, durations[:n])
-        cases["mpire map"] = mpire_map
-    return cases
+    return {BASE: swarm_batch, "mp map cs=1": mp_map_1, "mp map": mp_map,
+            "PPE map": executor_map(pools["PPE"]),
+            "loky map": executor_map(pools["loky"]) if "loky" in pools else None,
+            "mpire map": mpire_map(pools["mpire"]) if "mpire" in pools else None}
 
 
 def build_ray_cases(durations: list):
@@ -127,7 +120,7 @@ def build_ray_cases(durations: list):
 
         def ray_each(n):
             return ray.get([sleep_remote.remote(d) for d in durations[:n]])
-        return {"Ray remote-each": ray_each}
+        return {RAY: ray_each}
     return build
 
 
@@ -146,79 +139,44 @@ def make_checks(stats: dict, n: int, ideal: float) -> list:
 
 
 def main(argv=None) -> int:
-    args = h.parse_args(__doc__.splitlines()[0], argv, configure=lambda p: P.configure(
-        p, default_watchdog_s=DEFAULT_PLAN["watchdog_s"],
-        quick_watchdog_s=QUICK_PLAN["watchdog_s"]))
-    if args.workers < 1:
-        raise SystemExit("--workers must be >= 1")
-    plan = dict(QUICK_PLAN if args.quick else DEFAULT_PLAN)
-    if args.watchdog is not None:
-        plan["watchdog_s"] = args.watchdog
-    env = h.environment()
-    placement = h.Placement(args.pin)
-    watchdog = h.start_watchdog(plan["watchdog_s"], "skewed")
-
-    n = plan["tasks"]
+    run = P.Run("skewed", __doc__.splitlines()[0], argv, DEFAULT_PLAN, QUICK_PLAN)
+    n, workers = run.plan["tasks"], run.args.workers
     durations = skewed_durations(DEFAULT_PLAN["tasks"])[:n]
-    ideal = sum(durations) / args.workers
+    ideal = sum(durations) / workers
 
     def check(name, k, results):
         if list(results) != durations[:k]:
             raise AssertionError(f"{name}: results not in task order (or wrong)")
 
-    stats, methods, leftover = P.pool_phase(
-        placement, args.workers, ("swarm", "mp", "PPE", "loky", "mpire"),
-        lambda pools: build_cases(pools, durations),
-        repeats=plan["repeats"], number=n, warmup=WARMUP, check=check)
-    ray_stats, ray_info = P.ray_phase(
-        args, placement, args.workers, build_ray_cases(durations),
-        repeats=plan["repeats"], number=n, warmup=WARMUP, check=check)
-    stats.update(ray_stats)
-    watchdog.set()
-    skipped = {"Ray remote-each": ray_info.get("skipped", "")}
+    stats = run.measure(lambda pools: build_cases(pools, durations),
+                        build_ray_cases(durations), number=n, warmup=WARMUP, check=check)
+    skipped = run.ray_skipped(RAY)
     checks = make_checks(stats, n, ideal)
 
-    if args.json:
-        h.emit_json({
-            "benchmark": "skewed", "environment": env,
-            "plan": dict(plan, quick=args.quick, pin=args.pin, workers=args.workers),
-            "placement": placement.describe(), "start_methods": methods,
-            "versions": P.versions(), "ray": ray_info,
-            "results": {
-                "unit": "seconds per task (x tasks = makespan)", "tasks": n,
-                "ideal_s": ideal, "sum_durations_s": sum(durations),
-                "cases": P.cases_json(stats, ORDER, BASE, skipped, extra=lambda s: {
-                    "makespan_median_s": s.median * n,
-                    "makespan_over_ideal": s.median * n / ideal})},
-            "swarm_workers_left_running": leftover,
-            "checks": [c.as_dict() for c in checks],
-        })
+    if run.args.json:
+        run.emit_json({
+            "unit": "seconds per task (x tasks = makespan)", "tasks": n,
+            "ideal_s": ideal, "sum_durations_s": sum(durations),
+            "cases": P.cases_json(stats, ORDER, BASE, skipped, extra=lambda s: {
+                "makespan_median_s": s.median * n,
+                "makespan_over_ideal": s.median * n / ideal})}, checks)
         return 0
 
-    h.print_header("swarm: skewed task durations", env, notes=[
-        *P.version_notes(),
-        f"plan        {'--quick' if args.quick else 'default'}: {args.workers} workers per "
-        f"pool; {n} skewed tasks per sample x {plan['repeats']} repeats, median over repeats",
-        f"start       {methods}",
-        f"pin         {placement.describe()}",
+    durations_note = (
         f"durations   lognormal seed {SKEW_SEED}, sigma {SKEW_SIGMA}, E = "
         f"{SKEW_MEAN_S * 1e3:g} ms: sample mean {np.mean(durations) * 1e3:.2f} ms, "
         f"max {max(durations) * 1e3:.1f} ms, sum {sum(durations):.3f} s; "
-        f"ideal = sum / {args.workers} = {ideal:.3f} s",
-        *P.ray_notes(ray_info),
-    ])
-    h.print_table(
+        f"ideal = sum / {workers} = {ideal:.3f} s")
+    run.print_header("swarm: skewed task durations",
+                     f"{n} skewed tasks per sample x {run.plan['repeats']} repeats, median "
+                     f"over repeats", notes=[durations_note])
+    run.print_report(
         f"{n} skewed sleep tasks, ordered results   [ideal {ideal:.3f} s; "
         "peer/swarm > 1: swarm faster]",
-        ("case", "median makespan s", "min s", "makespan/ideal", "peer/swarm"),
-        P.case_rows(stats, ORDER, BASE, lambda s: (
-            f"{s.median * n:.3f}", f"{s.min * n:.3f}", f"{s.median * n / ideal:.3f}")))
-    P.print_skip_notes(stats, ORDER, skipped)
-    if leftover:
-        print(f"WARNING: swarm workers still running after pool.close(): {leftover}\n")
-    h.print_checks(checks)
+        ("case", "median makespan s", "min s", "makespan/ideal", "peer/swarm"), ORDER, BASE,
+        lambda s: (f"{s.median * n:.3f}", f"{s.min * n:.3f}", f"{s.median * n / ideal:.3f}"),
+        skipped, checks)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

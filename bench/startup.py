@@ -257,17 +257,10 @@ def make_checks(stats: dict) -> list:
 
 
 def main(argv=None) -> int:
-    args = h.parse_args(__doc__.splitlines()[0], argv, configure=lambda p: P.configure(
-        p, default_watchdog_s=DEFAULT_PLAN["watchdog_s"],
-        quick_watchdog_s=QUICK_PLAN["watchdog_s"]))
-    if args.workers < 1:
-        raise SystemExit("--workers must be >= 1")
+    args, plan = P.parse_args(__doc__.splitlines()[0], argv, DEFAULT_PLAN, QUICK_PLAN)
     if args.pin == "split":
         raise SystemExit("startup.py: --pin split is not supported (workers start all "
                          "through the run); use --pin none or --pin same")
-    plan = dict(QUICK_PLAN if args.quick else DEFAULT_PLAN)
-    if args.watchdog is not None:
-        plan["watchdog_s"] = args.watchdog
     env = h.environment()
     placement = h.Placement(args.pin)
     placement.before_children()      # "same": this process and every child on one CPU
@@ -309,9 +302,8 @@ def main(argv=None) -> int:
 
     notes = [
         *P.version_notes(),
-        f"plan        {'--quick' if args.quick else 'default'}: {args.workers} workers per "
-        f"pool; a fresh pool per sample; {plan['repeats']} samples per case "
-        f"(Ray {plan['ray_repeats']}), median over samples",
+        P.plan_note(args, f"a fresh pool per sample; {plan['repeats']} samples per case "
+                          f"(Ray {plan['ray_repeats']}), median over samples"),
         f"pin         {placement.describe()}",
     ]
     if uncompiled:

@@ -71,7 +71,8 @@ DEFAULT_PLAN = dict(tasks=20_000, repeats=5, watchdog_s=600)
 QUICK_PLAN = dict(tasks=4_000, repeats=2, watchdog_s=180)
 WARMUP = 200              # tasks, untimed, per case, results checked
 BASE = "swarm Batch"
-ORDER = (BASE, "mp map", "mpire map", "PPE map cs=mp", "loky map cs=mp", "Ray Pool.map")
+RAY = "Ray Pool.map"
+ORDER = (BASE, "mp map", "mpire map", "PPE map cs=mp", "loky map cs=mp", RAY)
 BATCH_OVER_MAP = 1.5      # target: Batch time / mp map time at most this
 
 
@@ -95,24 +96,17 @@ def build_cases(pools: dict, workers: int) -> dict:
     def mp_map(n):
         return mp_pool.map(noop_with_arg, range(n))
 
-    ppe = pools["PPE"]
+    def mpire_map(mwp):
+        return lambda n: mwp.map(noop_with_arg, range(n))
 
-    def ppe_map(n):
-        return list(ppe.map(noop_with_arg, range(n), chunksize=mp_chunksize(n, workers)))
+    def executor_map(ex):
+        return lambda n: list(ex.map(noop_with_arg, range(n),
+                                     chunksize=mp_chunksize(n, workers)))
 
-    cases = {BASE: swarm_batch, "mp map": mp_map, "mpire map": None,
-             "PPE map cs=mp": ppe_map, "loky map cs=mp": None}
-    mwp = pools.get("mpire")
-    if mwp is not None:
-        def mpire_map(n):
-            return mwp.map(noop_with_arg, range(n))
-        cases["mpire map"] = mpire_map
-    lex = pools.get("loky")
-    if lex is not None:
-        def loky_map(n):
-            return list(lex.map(noop_with_arg, range(n), chunksize=mp_chunksize(n, workers)))
-        cases["loky map cs=mp"] = loky_map
-    return cases
+    return {BASE: swarm_batch, "mp map": mp_map,
+            "mpire map": mpire_map(pools["mpire"]) if "mpire" in pools else None,
+            "PPE map cs=mp": executor_map(pools["PPE"]),
+            "loky map cs=mp": executor_map(pools["loky"]) if "loky" in pools else None}
 
 
 def build_ray_cases(workers: int):
@@ -123,7 +117,7 @@ def build_ray_cases(workers: int):
 
         def ray_map(n):
             return ray_pool.map(noop_with_arg, range(n))
-        return {"Ray Pool.map": ray_map}
+        return {RAY: ray_map}
     return build
 
 
@@ -142,64 +136,29 @@ def make_checks(stats: dict) -> list:
 
 
 def main(argv=None) -> int:
-    args = h.parse_args(__doc__.splitlines()[0], argv, configure=lambda p: P.configure(
-        p, default_watchdog_s=DEFAULT_PLAN["watchdog_s"],
-        quick_watchdog_s=QUICK_PLAN["watchdog_s"]))
-    if args.workers < 1:
-        raise SystemExit("--workers must be >= 1")
-    plan = dict(QUICK_PLAN if args.quick else DEFAULT_PLAN)
-    if args.watchdog is not None:
-        plan["watchdog_s"] = args.watchdog
-    env = h.environment()
-    placement = h.Placement(args.pin)
-    watchdog = h.start_watchdog(plan["watchdog_s"], "tiny_mapped")
-
-    stats, methods, leftover = P.pool_phase(
-        placement, args.workers, ("swarm", "mp", "PPE", "loky", "mpire"),
-        lambda pools: build_cases(pools, args.workers),
-        repeats=plan["repeats"], number=plan["tasks"], warmup=WARMUP, check=check)
-    ray_stats, ray_info = P.ray_phase(
-        args, placement, args.workers, build_ray_cases(args.workers),
-        repeats=plan["repeats"], number=plan["tasks"], warmup=WARMUP, check=check)
-    stats.update(ray_stats)
-    watchdog.set()
-    skipped = {"Ray Pool.map": ray_info.get("skipped", "")}
+    run = P.Run("tiny_mapped", __doc__.splitlines()[0], argv, DEFAULT_PLAN, QUICK_PLAN)
+    n, workers = run.plan["tasks"], run.args.workers
+    stats = run.measure(lambda pools: build_cases(pools, workers), build_ray_cases(workers),
+                        number=n, warmup=WARMUP, check=check)
+    skipped = run.ray_skipped(RAY)
     checks = make_checks(stats)
 
-    if args.json:
-        h.emit_json({
-            "benchmark": "tiny_mapped", "environment": env,
-            "plan": dict(plan, quick=args.quick, pin=args.pin, workers=args.workers),
-            "placement": placement.describe(), "start_methods": methods,
-            "versions": P.versions(), "ray": ray_info,
-            "results": {"unit": "seconds per task", "tasks": plan["tasks"],
-                        "mp_chunksize": mp_chunksize(plan["tasks"], args.workers),
-                        "cases": P.cases_json(stats, ORDER, BASE, skipped)},
-            "swarm_workers_left_running": leftover,
-            "checks": [c.as_dict() for c in checks],
-        })
+    if run.args.json:
+        run.emit_json({"unit": "seconds per task", "tasks": n,
+                       "mp_chunksize": mp_chunksize(n, workers),
+                       "cases": P.cases_json(stats, ORDER, BASE, skipped)}, checks)
         return 0
 
-    h.print_header("swarm: tiny tasks, ordered map", env, notes=[
-        *P.version_notes(),
-        f"plan        {'--quick' if args.quick else 'default'}: {args.workers} workers per "
-        f"pool; {plan['tasks']} no-op tasks per sample x {plan['repeats']} repeats, "
-        f"median over repeats; cs=mp: chunksize "
-        f"{mp_chunksize(plan['tasks'], args.workers)} passed by hand",
-        f"start       {methods}",
-        f"pin         {placement.describe()}",
-        *P.ray_notes(ray_info),
-    ])
-    h.print_table(
-        f"{plan['tasks']} no-op tasks, results in order, microseconds per task   "
+    run.print_header("swarm: tiny tasks, ordered map",
+                     f"{n} no-op tasks per sample x {run.plan['repeats']} repeats, median "
+                     f"over repeats; cs=mp: chunksize {mp_chunksize(n, workers)} passed by "
+                     f"hand")
+    run.print_report(
+        f"{n} no-op tasks, results in order, microseconds per task   "
         "[peer/swarm > 1: swarm faster]",
-        ("case", "median us/task", "min us/task", "tasks/s", "peer/swarm"),
-        P.case_rows(stats, ORDER, BASE, lambda s: (
-            f"{s.median * 1e6:.2f}", f"{s.min * 1e6:.2f}", f"{1 / s.median:,.0f}")))
-    P.print_skip_notes(stats, ORDER, skipped)
-    if leftover:
-        print(f"WARNING: swarm workers still running after pool.close(): {leftover}\n")
-    h.print_checks(checks)
+        ("case", "median us/task", "min us/task", "tasks/s", "peer/swarm"), ORDER, BASE,
+        lambda s: (f"{s.median * 1e6:.2f}", f"{s.min * 1e6:.2f}", f"{1 / s.median:,.0f}"),
+        skipped, checks)
     return 0
 
 

@@ -74,8 +74,9 @@ DEFAULT_PLAN = dict(tasks=20_000, ray_tasks=2_000, repeats=5, watchdog_s=900)
 QUICK_PLAN = dict(tasks=4_000, ray_tasks=500, repeats=2, watchdog_s=180)
 WARMUP = 200              # tasks, untimed, per case, results checked
 BASE = "swarm Sprint"
+RAY = "Ray remote-each"
 ORDER = (BASE, "mp imap cs=1", "PPE submit-each", "PPE map cs=1", "loky submit-each",
-         "mpire imap cs=1", "Ray remote-each")
+         "mpire imap cs=1", RAY)
 SPRINT_OVER_IMAP = 5.0    # target: imap cs=1 time / Sprint time
 
 
@@ -100,27 +101,22 @@ def build_cases(pools: dict) -> dict:
 
     ppe = pools["PPE"]
 
-    def ppe_submit(n):
-        futures = [ppe.submit(noop) for _ in range(n)]
-        return [f.result() for f in futures]
+    def submit_each(ex):
+        def run(n):
+            futures = [ex.submit(noop) for _ in range(n)]
+            return [f.result() for f in futures]
+        return run
 
     def ppe_map(n):
         return list(ppe.map(noop_with_arg, range(n)))
 
-    cases = {BASE: swarm_sprint, "mp imap cs=1": mp_imap, "PPE submit-each": ppe_submit,
-             "PPE map cs=1": ppe_map, "loky submit-each": None, "mpire imap cs=1": None}
-    lex = pools.get("loky")
-    if lex is not None:
-        def loky_submit(n):
-            futures = [lex.submit(noop) for _ in range(n)]
-            return [f.result() for f in futures]
-        cases["loky submit-each"] = loky_submit
-    mwp = pools.get("mpire")
-    if mwp is not None:
-        def mpire_imap(n):
-            return list(mwp.imap(noop_with_arg, range(n), chunk_size=1))
-        cases["mpire imap cs=1"] = mpire_imap
-    return cases
+    def mpire_imap(mwp):
+        return lambda n: list(mwp.imap(noop_with_arg, range(n), chunk_size=1))
+
+    return {BASE: swarm_sprint, "mp imap cs=1": mp_imap, "PPE submit-each": submit_each(ppe),
+            "PPE map cs=1": ppe_map,
+            "loky submit-each": submit_each(pools["loky"]) if "loky" in pools else None,
+            "mpire imap cs=1": mpire_imap(pools["mpire"]) if "mpire" in pools else None}
 
 
 def build_ray_cases(ray, _stack) -> dict:
@@ -128,7 +124,7 @@ def build_ray_cases(ray, _stack) -> dict:
 
     def ray_each(n):
         return ray.get([noop_remote.remote() for _ in range(n)])
-    return {"Ray remote-each": ray_each}
+    return {RAY: ray_each}
 
 
 def check(name: str, n: int, results) -> None:
@@ -152,63 +148,28 @@ def make_checks(stats: dict) -> list:
 
 
 def main(argv=None) -> int:
-    args = h.parse_args(__doc__.splitlines()[0], argv, configure=lambda p: P.configure(
-        p, default_watchdog_s=DEFAULT_PLAN["watchdog_s"],
-        quick_watchdog_s=QUICK_PLAN["watchdog_s"]))
-    if args.workers < 1:
-        raise SystemExit("--workers must be >= 1")
-    plan = dict(QUICK_PLAN if args.quick else DEFAULT_PLAN)
-    if args.watchdog is not None:
-        plan["watchdog_s"] = args.watchdog
-    env = h.environment()
-    placement = h.Placement(args.pin)
-    watchdog = h.start_watchdog(plan["watchdog_s"], "tiny_streamed")
-
-    stats, methods, leftover = P.pool_phase(
-        placement, args.workers, ("swarm", "mp", "PPE", "loky", "mpire"), build_cases,
-        repeats=plan["repeats"], number=plan["tasks"], warmup=WARMUP, check=check)
-    ray_stats, ray_info = P.ray_phase(
-        args, placement, args.workers, build_ray_cases, repeats=plan["repeats"],
-        number=plan["ray_tasks"], warmup=WARMUP, check=check)
-    stats.update(ray_stats)
-    watchdog.set()
-    skipped = {"Ray remote-each": ray_info.get("skipped", "")}
+    run = P.Run("tiny_streamed", __doc__.splitlines()[0], argv, DEFAULT_PLAN, QUICK_PLAN)
+    n = run.plan["tasks"]
+    stats = run.measure(build_cases, build_ray_cases, number=n, warmup=WARMUP, check=check,
+                        ray_number=run.plan["ray_tasks"])
+    skipped = run.ray_skipped(RAY)
     checks = make_checks(stats)
 
-    if args.json:
-        h.emit_json({
-            "benchmark": "tiny_streamed", "environment": env,
-            "plan": dict(plan, quick=args.quick, pin=args.pin, workers=args.workers),
-            "placement": placement.describe(), "start_methods": methods,
-            "versions": P.versions(), "ray": ray_info,
-            "results": {"unit": "seconds per task", "tasks": plan["tasks"],
-                        "cases": P.cases_json(stats, ORDER, BASE, skipped)},
-            "swarm_workers_left_running": leftover,
-            "checks": [c.as_dict() for c in checks],
-        })
+    if run.args.json:
+        run.emit_json({"unit": "seconds per task", "tasks": n,
+                       "cases": P.cases_json(stats, ORDER, BASE, skipped)}, checks)
         return 0
 
-    h.print_header("swarm: tiny tasks, streamed one per submission", env, notes=[
-        *P.version_notes(),
-        f"plan        {'--quick' if args.quick else 'default'}: {args.workers} workers per "
-        f"pool; {plan['tasks']} no-op tasks per sample x {plan['repeats']} repeats, "
-        f"median over repeats",
-        f"start       {methods}",
-        f"pin         {placement.describe()}",
-        *P.ray_notes(ray_info),
-    ])
-    h.print_table(
-        f"{plan['tasks']} no-op tasks, one message each, microseconds per task   "
+    run.print_header("swarm: tiny tasks, streamed one per submission",
+                     f"{n} no-op tasks per sample x {run.plan['repeats']} repeats, median "
+                     f"over repeats")
+    run.print_report(
+        f"{n} no-op tasks, one message each, microseconds per task   "
         "[peer/swarm > 1: swarm faster]",
-        ("case", "median us/task", "min us/task", "tasks/s", "peer/swarm"),
-        P.case_rows(stats, ORDER, BASE, lambda s: (
-            f"{s.median * 1e6:.1f}", f"{s.min * 1e6:.1f}", f"{1 / s.median:,.0f}")))
-    P.print_skip_notes(stats, ORDER, skipped)
-    if leftover:
-        print(f"WARNING: swarm workers still running after pool.close(): {leftover}\n")
-    h.print_checks(checks)
+        ("case", "median us/task", "min us/task", "tasks/s", "peer/swarm"), ORDER, BASE,
+        lambda s: (f"{s.median * 1e6:.1f}", f"{s.min * 1e6:.1f}", f"{1 / s.median:,.0f}"),
+        skipped, checks)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
