@@ -84,13 +84,14 @@ def no_leaks(request):
     client's own (it opens connections to workers lazily and keeps them
     pooled): they are not counted; swarm itself uses only AF_UNIX."""
     callspec = getattr(request.node, "callspec", None)
-    if "dask_client" in request.fixturenames or (
-            callspec is not None and callspec.params.get("pool_backend") == "dask"):
+    on_dask = "dask_client" in request.fixturenames or (
+        callspec is not None and callspec.params.get("pool_backend") == "dask")
+    if on_dask:
         request.getfixturevalue("dask_client")  # the session's cluster predates the test
     children, fds, files = _children(), _open_fds(), _socket_files()
     pipes = _count_pipes(fds)
     yield
-    uses_dask = _dask_cluster is not None
+    cluster_up = _dask_cluster is not None
     deadline = time.monotonic() + REAP_S
     while time.monotonic() < deadline:
         extra_children = _children() - children - _dask_nannies()
@@ -105,14 +106,16 @@ def no_leaks(request):
         except FileNotFoundError:
             pass  # the fd that listed /proc/self/fd, closed since
     extra_fds = {fd: name for fd, name in names.items() if not name.startswith("/dev/")}
-    if uses_dask and extra_fds:
+    if cluster_up and extra_fds:
+        # While the session's cluster runs, its in-process scheduler works
+        # on threads of its own, in any test: its TCP connections and the
+        # /proc files its system monitor (psutil) reads are not ours.
         tcp = {f"socket:[{inode}]" for inode in _tcp_inodes()}
-        # The in-process scheduler's system monitor reads /proc (psutil)
-        # on its own thread: a file it has open at this moment is its own.
         extra_fds = {fd: name for fd, name in extra_fds.items()
                      if name not in tcp and not name.startswith("/proc/")}
+    if on_dask and extra_fds:
         # A nanny that restarted a killed Dask worker holds new pipes to it
-        # and closed the old ones: pipes count as leaked only by number.
+        # and closed the old ones: in a Dask test, pipes count by number.
         if _count_pipes(_open_fds()) <= pipes:
             extra_fds = {fd: name for fd, name in extra_fds.items()
                          if not name.startswith("pipe:")}
