@@ -24,16 +24,28 @@ import pytest
 import _shm_tasks
 import swarm
 from swarm import ProtocolError, Socket
-from swarm._core import frame
+from swarm._core import frame, sock
 from swarm._core.frame import FD_BUFFER, KIND_RESULT, KIND_TASK, pack_header
 from swarm._core.shm import KEEP_FDS_MAX, SharedBuffer, kept_fds
-from swarm._core.sock import SHM_THRESHOLD, Channel
+from swarm._core.sock import Channel
 from swarm.client import BatchManager, Pool
 from swarm.shm import is_shared
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BIG = max(SHM_THRESHOLD, 1 << 20) * 4     # bytes: well over the threshold
+# The default threshold is large (64 MiB, see SHM_THRESHOLD in sock.pyx):
+# these tests lower it to 1 MiB at both ends, to move the copy path with
+# arrays of a few MiB.
+TEST_THRESHOLD = 1 << 20
+BIG = TEST_THRESHOLD * 4     # bytes: well over the threshold
 TIMEOUT_S = 30
+
+
+@pytest.fixture(autouse=True)
+def _test_threshold(monkeypatch):
+    """TEST_THRESHOLD in this process's Channels and in every worker
+    started during the test (they inherit the environment)."""
+    monkeypatch.setenv("SWARM_SHM_THRESHOLD", str(TEST_THRESHOLD))
+    monkeypatch.setattr(sock, "SHM_THRESHOLD", TEST_THRESHOLD)
 
 SHM_WORKER = f"""
     import sys
@@ -120,12 +132,12 @@ def test_shared_arrays_of_any_size_come_back_equal(echo_worker, make):
     assert is_shared(back) == (array.nbytes > 0)   # nothing to map for 0 bytes
 
 
-@pytest.mark.parametrize("threshold", [4096, SHM_THRESHOLD])
+@pytest.mark.parametrize("threshold", [4096, TEST_THRESHOLD])
 def test_below_the_threshold_the_inline_path_stays(threshold):
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     left = Channel(a.detach(), shm_threshold=threshold)
     right = Channel(b.detach())
-    assert right.shm_threshold == SHM_THRESHOLD   # the default
+    assert right.shm_threshold == TEST_THRESHOLD   # the default, as patched
     small = np.ones(threshold - 1, dtype=np.uint8)
     large = np.ones(threshold, dtype=np.uint8)
     sender = threading.Thread(target=left.send, args=(KIND_TASK, 1, 0, (small, large)))

@@ -73,6 +73,7 @@ cdef extern from "<sys/time.h>" nogil:
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
     int ftruncate(int fd, off_t length)
+    ssize_t pwrite(int fd, const void *buf, size_t n, off_t offset)
     long sysconf(int name)
     enum:
         _SC_PAGESIZE

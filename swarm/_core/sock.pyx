@@ -75,7 +75,7 @@ from swarm._core.frame cimport (
     FrameHeader, header_read, header_write, header_check, header_entry_size,
     FRAME_HEADER_SIZE, FRAME_MAX_BUFFERS, FRAME_MAX_FDS, FRAME_MAGIC,
     FRAME_VERSION, FRAME_FLAG_FDS, FRAME_FD_BUFFER)
-from swarm._core.shm cimport SharedBuffer, shared_new, shared_from_fd, shared_owner
+from swarm._core.shm cimport SharedBuffer, shared_copy, shared_from_fd, shared_owner
 
 import os
 import pickle
@@ -87,9 +87,19 @@ cdef object _dumps = pickle.dumps
 
 # Out-of-band buffers of at least this many bytes are copied once into a
 # memfd and passed as an fd; smaller ones are gathered into the sendmsg.
-# Measured with bench/shm_threshold.py (an echo through Socket.do_task, see
-# its docstring): PLACEHOLDER.
-SHM_THRESHOLD = int(os.environ.get("SWARM_SHM_THRESHOLD", 1 << 20))
+# (Arrays already in shared memory always go as fds, whatever their size.)
+# Measured with bench/shm_threshold.py (one-way transfer to a worker via
+# Socket.do_task, median of 9, --pin split, a 2-CPU VM): the copy path lost
+# to the inline path at every size up to 16 MiB (inline / memfd 0.27-0.59:
+# 8 MiB 2.9 ms inline vs 8.0 ms memfd), because every copy lands in freshly
+# allocated shmem pages (~3 us per 4 KiB page there) while the inline
+# receiver reuses malloc'd memory. From 32 MiB up both paths pay for fresh
+# pages and are even within noise (0.92, 0.95, 1.06, 0.92 at 32, 64, 128,
+# 256 MiB). So the copy path is kept for sizes where it costs nothing,
+# where it spares the socket a huge stream and the receiver a huge
+# malloc; the zero-copy path (swarm.empty) is the one that pays off: 4-5x
+# faster than inline at 64 MiB.
+SHM_THRESHOLD = int(os.environ.get("SWARM_SHM_THRESHOLD", 64 << 20))
 if SHM_THRESHOLD < 0:
     raise ValueError(f"SWARM_SHM_THRESHOLD must be >= 0, got {SHM_THRESHOLD}")
 # Shared by every frame without out-of-band buffers (never mutated), so the
@@ -288,9 +298,7 @@ cdef class Channel:
             # snapshot of obj whatever the caller does with it after push.
             PyObject_GetBuffer(raws[i], &src, PyBUF_SIMPLE)
             try:
-                sb = shared_new(src.len, True)
-                with nogil:
-                    memcpy(sb._addr, src.buf, src.len)
+                sb = shared_copy(<const char *>src.buf, src.len)
             finally:
                 PyBuffer_Release(&src)
             shared[i] = sb
