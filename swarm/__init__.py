@@ -2,8 +2,9 @@
 
 Workers are processes reached over AF_UNIX sockets; the per-task path is
 Cython over raw file descriptors, and numpy arrays cross without a copy
-through pickle. See ``swarm.client`` (Pool, Sprint, BatchManager, Socket)
-and ``swarm.worker`` (run).
+through pickle -- large ones, and those made by ``swarm.empty`` /
+``swarm.zeros``, as shared memory. See ``swarm.client`` (Pool, Sprint,
+BatchManager, Socket), ``swarm.worker`` (run) and ``swarm.shm``.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ except ImportError as exc:  # pragma: no cover - only without a build
 from swarm.errors import (PeerClosed, PoolClosed, ProtocolError, RemoteTraceback,
                           SwarmError, TaskError, TruncatedFrame, WorkerDied,
                           WorkerNotFound, WorkerStartError)
+from swarm.shm import empty, zeros
 
 if TYPE_CHECKING:
     from swarm.client import Socket
@@ -38,7 +40,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "__version__", "Socket",
+    "__version__", "Socket", "empty", "zeros",
     "SwarmError", "ProtocolError", "PeerClosed", "TruncatedFrame", "WorkerNotFound",
     "WorkerStartError", "WorkerDied", "PoolClosed", "TaskError", "RemoteTraceback",
 ]

@@ -26,7 +26,8 @@ def test_header_starts_with_magic_and_version():
     (lambda b: b"XXXX" + b[4:], "magic"),
     (lambda b: b[:4] + bytes([99]) + b[5:], "version"),
     (lambda b: b[:5] + bytes([0]) + b[6:], "kind"),
-    (lambda b: b[:6] + b"\x01\x00" + b[8:], "flags"),
+    # Bit 0 is FLAG_FDS (buffers as memfds); the other bits are reserved.
+    (lambda b: b[:6] + b"\x02\x00" + b[8:], "flags"),
     (lambda b: b[:8] + struct.pack("<I", frame.MAX_BUFFERS + 1) + b[12:], "buffers"),
 ])
 def test_bad_header_is_a_protocol_error_naming_the_field(mutate, message):

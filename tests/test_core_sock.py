@@ -100,7 +100,9 @@ def test_more_buffers_than_one_sendmsg_gathers(pair):
 
 def test_push_holds_the_array_until_flushed_and_then_lets_go():
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    left = Channel(a.detach(), blocking=False)
+    # The inline path (shm_threshold=0): an array this large would otherwise
+    # be copied into shared memory at push (tests/test_shm.py).
+    left = Channel(a.detach(), blocking=False, shm_threshold=0)
     right = Channel(b.detach())
     try:
         array = np.ones(8 * 1024 * 1024, dtype=np.uint8)  # far over the socket buffer

@@ -70,6 +70,7 @@ import pytest
 import _crash
 from swarm import Socket, TaskError, WorkerDied, WorkerNotFound
 from swarm import _runtime
+from swarm._core import sock
 from swarm.client import BatchManager, Pool, Sprint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -129,6 +130,18 @@ def _cells(phases, kinds=KINDS, modes=MODES):
                 reason = _senseless(phase, mode)
                 marks = [pytest.mark.skip(reason=reason)] if reason else []
                 yield pytest.param(kind, phase, mode, id=f"{kind}-{phase}-{mode}", marks=marks)
+
+
+@pytest.fixture(autouse=True)
+def _large_frames_travel_inline(request, monkeypatch):
+    """The large-frame cells kill a worker while a 64 MiB frame is half
+    written, which only the inline path has: above SHM_THRESHOLD an array
+    crosses as a memfd in a frame of a few hundred bytes. These cells pin
+    the inline path, at both ends (the env reaches the workers)."""
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    if params.get("phase") in ("large-task-frame", "large-result-frame"):
+        monkeypatch.setenv("SWARM_SHM_THRESHOLD", "0")
+        monkeypatch.setattr(sock, "SHM_THRESHOLD", 0)
 
 
 # ---------------------------------------------------------------- helpers
@@ -478,11 +491,15 @@ def _hold_the_gil(seconds):
     sum(range(int(seconds / per_million * 1_000_000)))
 
 
-def test_a_reply_already_sent_survives_a_death_while_a_large_frame_is_half_written():
+def test_a_reply_already_sent_survives_a_death_while_a_large_frame_is_half_written(
+        monkeypatch):
     # The worker finishes A and sends its reply, then dies unpickling B,
     # while the pool still has C (64 MiB) half written to it. The pool's
     # I/O thread is kept off the GIL meanwhile, so it sees the death with
     # A's reply unread in the socket: that reply must still count.
+    # C travels inline: as a memfd it would be a frame of a few hundred bytes.
+    monkeypatch.setenv("SWARM_SHM_THRESHOLD", "0")
+    monkeypatch.setattr(sock, "SHM_THRESHOLD", 0)
     with Pool(workers=1, max_retries=0) as pool:
         sprint = pool.submit_sprint(Sprint())
         sprint.submit_tasks(_squares(50))      # tiny tasks: deep pipelining from now on

@@ -15,7 +15,9 @@ and frame.pxd), exactly:
   not a ProtocolError (end of stream at a frame boundary),
   ``TruncatedFrame`` (end of stream inside a header or payload) or a
   ProtocolError that is not a TruncatedFrame (magic, version, kind, flags,
-  buffer count, frame limit), with the message naming what failed, raised
+  buffer count, frame limit, an inline buffer with an offset, fd-carried
+  buffers whose fds never came -- these streams carry no fds), with the
+  message naming what failed, raised
   as soon as the bytes that decide it have arrived; a ProtocolError is
   never followed by a frame: the channel keeps refusing, even when valid
   frames follow;
@@ -154,19 +156,29 @@ def model_decode(data, max_frame: int = MAX_FRAME) -> Expect:
             return done("error", re.escape(f"unsupported frame version {version} "))
         if not 1 <= kind <= len(KINDS):
             return done("error", re.escape(f"unknown frame kind {kind}") + "$")
-        if flags:
+        if flags & ~frame.FLAG_FDS:
             return done("error", re.escape(f"reserved frame flags set: 0x{flags:04x}"))
+        # FLAG_FDS: 16-byte entries (length, offset); bit 63 of a length
+        # says the buffer travels as an fd (frame.pxd).
+        entry = 16 if flags & frame.FLAG_FDS else 8
         if nbufs > frame.MAX_BUFFERS:
             return done("error", re.escape(
                 f"frame announces {nbufs} out-of-band buffers, over the limit"))
-        if body_len + HEADER + 8 * nbufs > max_frame:
+        if body_len + HEADER + entry * nbufs > max_frame:
             return done("error", re.escape(
                 f"frame body of {body_len} bytes is over the frame limit of {max_frame} bytes"))
-        need = HEADER + 8 * nbufs
+        need = HEADER + entry * nbufs
         if left < need:
             return done("partial", re.escape(
                 f"connection closed inside a frame header ({left} of {need} bytes received)"))
-        lengths = struct.unpack_from(f"<{nbufs}Q", data, pos + HEADER)
+        table = struct.unpack_from(f"<{nbufs * entry // 8}Q", data, pos + HEADER)
+        if entry == 8:
+            raw_lengths, offsets = table, (0,) * nbufs
+        else:
+            raw_lengths, offsets = table[0::2], table[1::2]
+        carried = [entry == 16 and bool(raw & frame.FD_BUFFER) for raw in raw_lengths]
+        lengths = tuple(raw & ~frame.FD_BUFFER if fd else raw
+                        for raw, fd in zip(raw_lengths, carried))
         total = need + body_len
         for length in lengths:
             if length > max_frame or total + length > max_frame:
@@ -178,6 +190,14 @@ def model_decode(data, max_frame: int = MAX_FRAME) -> Expect:
                 return done("error", f"frame of at least {at_least} bytes is over the "
                             f"frame limit of {max_frame} bytes")
             total += length
+        for i, (fd, offset) in enumerate(zip(carried, offsets)):
+            if not fd and offset:
+                return done("error", re.escape(
+                    f"inline buffer {i} has offset {offset} (only fd-carried buffers have one)"))
+        if any(carried):  # no stream here carries fds
+            return done("error", re.escape(
+                f"frame declares {sum(carried)} fd-carried buffers but no file "
+                "descriptors arrived with it"))
         # Payload: body, then each buffer. At end of stream the reader names
         # the first target it could not fill.
         avail = left - need

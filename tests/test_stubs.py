@@ -1,6 +1,6 @@
 """The .pyi stubs of swarm._core match the compiled modules.
 
-For each compiled module (frame, sock, taskqueue, reorder) this checks that:
+For each compiled module (frame, shm, sock, taskqueue, reorder) this checks that:
 
 - every name its stub declares (top-level functions, classes, constants,
   and each class's methods and properties) exists on the built module,
@@ -29,7 +29,7 @@ import pytest
 
 import swarm
 
-MODULES = ["frame", "sock", "taskqueue", "reorder"]
+MODULES = ["frame", "shm", "sock", "taskqueue", "reorder"]
 
 # Module attributes that Cython adds to every compiled module.
 CYTHON_MODULE_NAMES = {"__test__", "__pyx_capi__", "__reduce_cython__",
@@ -201,11 +201,12 @@ def test_stub_signatures_match_the_compiled_functions(name):
 SNIPPET = textwrap.dedent('''
     import pickle
     import socket
-    from typing import Any, List, Optional, Sequence, Tuple
+    from typing import Any, List, Optional, Sequence, Tuple, Union
 
     from swarm._core import frame
     from swarm._core.reorder import ReorderBuffer
-    from swarm._core.sock import DEFAULT_MAX_FRAME, Channel
+    from swarm._core.shm import KEEP_FDS_MAX, SharedBuffer, kept_fds
+    from swarm._core.sock import DEFAULT_MAX_FRAME, SHM_THRESHOLD, Channel
     from swarm._core.taskqueue import TaskQueue
 
     queue = TaskQueue()
@@ -237,16 +238,36 @@ SNIPPET = textwrap.dedent('''
     assert (frame.MAGIC, frame.VERSION, frame.MAX_BUFFERS) > (0, 0, 0)
     assert frame.KIND_INIT < frame.KIND_RESULT < frame.KIND_ERROR
 
+    shm_header: bytes = frame.pack_header(frame.KIND_TASK, 1, 0, 0, [8 | frame.FD_BUFFER],
+                                          offsets=[0])
+    assert len(shm_header) == frame.HEADER_SIZE + 16 and frame.FLAG_FDS == 1
+    assert frame.MAX_FDS == 253
+
+    shared = SharedBuffer(64)
+    view = memoryview(shared)  # type: ignore[arg-type]
+    view[:2] = b"ok"
+    counts: Tuple[int, int, int, int] = (shared.size, shared.file_offset, shared.exports,
+                                         kept_fds())
+    assert counts[:3] == (64, 0, 1) and 1 <= counts[3] <= KEEP_FDS_MAX + 1
+    import os
+    again: SharedBuffer = SharedBuffer.from_fd(os.dup(shared.fd), 0, -1)
+    assert again.size == 64 and again.fd >= 0
+    view.release()
+    del shared, again
+
     left, right = socket.socketpair()
-    writer = Channel(left.detach(), blocking=True, max_frame=DEFAULT_MAX_FRAME)
+    writer = Channel(left.detach(), blocking=True, max_frame=DEFAULT_MAX_FRAME,
+                     shm_threshold=SHM_THRESHOLD)
     reader = Channel(right.detach())
     try:
         writer.push(frame.KIND_TASK, 7, 0, {"x": 1})
         assert writer.pending and writer.max_frame == DEFAULT_MAX_FRAME
+        assert writer.shm_threshold == SHM_THRESHOLD and reader.queued_fds == 0
         flushed: bool = writer.flush()
         sent: bool = writer.send(frame.KIND_RESULT, 8, 0, [1, 2])
         assert flushed and sent and writer.fileno() >= 0
-        got: Optional[Tuple[int, int, int, bytes, Sequence[bytearray]]] = reader.read_frame()
+        got: Optional[Tuple[int, int, int, bytes,
+                            Sequence[Union[bytearray, SharedBuffer]]]] = reader.read_frame()
         assert got is not None
         kind, task_id, aux, body, buffers = got
         assert (kind, task_id, aux) == (frame.KIND_TASK, 7, 0)

@@ -9,6 +9,26 @@
 #
 # body is a pickle protocol-5 stream; buffers are its out-of-band buffers in
 # the order pickle produced them.
+#
+# Shared memory (flags & FRAME_FLAG_FDS). Some buffers then travel as a
+# memfd passed with SCM_RIGHTS instead of inline, and each entry of the
+# buffer table is 16 bytes instead of 8:
+#
+#   ... aux u64 |  nbufs x (u64 length | u64 offset)  | body | inline buffers...
+#
+# A length with bit 63 set (FRAME_FD_BUFFER) is carried by an fd: its low 63
+# bits are the buffer's length, offset is where the buffer starts in that
+# memfd, and no bytes of it follow in the stream. Other entries are inline
+# buffers as above, with offset 0. The fd-carried buffers take the frame's
+# file descriptors in order, and every fd-carried length counts toward
+# max_frame like an inline one (it bounds what a peer makes us map).
+#
+# The fds of a frame arrive in one SCM_RIGHTS message attached to the
+# sendmsg that starts with the frame's first header byte, so at most
+# FRAME_MAX_FDS (the kernel's SCM_MAX_FD) buffers of a frame travel as fds;
+# the sender sends any further ones inline. A frame whose fds did not
+# arrive with its first byte, or fds that no frame uses, are a protocol
+# error. Frames without the flag are laid out exactly as before.
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
@@ -19,7 +39,12 @@ cdef enum:
     FRAME_VERSION = 1             # bumped on any incompatible layout change
     FRAME_HEADER_SIZE = 32              # fixed part, before the buffer lengths
     FRAME_MAX_BUFFERS = 4096            # out-of-band buffers per frame; bounds the
-                                  # length table (32 KiB) a reader must hold
+                                  # length table (32 KiB, 64 KiB with fds) a
+                                  # reader must hold
+    FRAME_MAX_FDS = 253           # fd-carried buffers per frame: SCM_MAX_FD,
+                                  # the most fds one sendmsg may carry
+    FRAME_FLAG_FDS = 0x0001       # flags: 16-byte table entries, some
+                                  # buffers travel as memfds (see above)
 
 
 cdef enum FrameKind:
@@ -30,11 +55,20 @@ cdef enum FrameKind:
     FRAME_KIND_MAX = 4
 
 
+cdef extern from *:
+    """
+    #define SWARM_FRAME_FD_BUFFER (((uint64_t)1) << 63)
+    """
+    # Bit 63 of a buffer length in a FRAME_FLAG_FDS frame: carried by an fd
+    # (an enum cannot hold it: enums are C ints).
+    const uint64_t FRAME_FD_BUFFER "SWARM_FRAME_FD_BUFFER"
+
+
 cdef struct FrameHeader:
     uint32_t magic
     uint8_t version
     uint8_t kind
-    uint16_t flags                # reserved, must be 0
+    uint16_t flags                # FRAME_FLAG_FDS or 0; other bits reserved (0)
     uint32_t nbufs                # count of out-of-band buffers
     uint32_t body_len             # bytes of pickle stream
     uint64_t task_id              # opaque to _core; the sender's sequence
@@ -65,6 +99,11 @@ cdef inline void header_read(const char *p, FrameHeader *h) noexcept nogil:
     memcpy(&h.body_len, p + 12, 4)
     memcpy(&h.task_id, p + 16, 8)
     memcpy(&h.aux, p + 24, 8)
+
+
+# Bytes per buffer table entry of a frame with these flags.
+cdef inline Py_ssize_t header_entry_size(uint16_t flags) noexcept nogil:
+    return 16 if flags & FRAME_FLAG_FDS else 8
 
 
 # Checks a parsed header against the limits; raises swarm.ProtocolError

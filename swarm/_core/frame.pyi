@@ -1,6 +1,6 @@
 """Type stubs for swarm._core.frame (compiled from frame.pyx)."""
 
-from typing import Iterable, Tuple
+from typing import Iterable, Optional, Tuple
 
 from _typeshed import ReadableBuffer
 
@@ -8,6 +8,9 @@ HEADER_SIZE: int
 MAGIC: int
 VERSION: int
 MAX_BUFFERS: int
+MAX_FDS: int
+FLAG_FDS: int
+FD_BUFFER: int
 DEFAULT_MAX_FRAME: int
 
 KIND_INIT: int
@@ -21,6 +24,8 @@ def pack_header(
     aux: int,
     body_len: int,
     buffer_lengths: Iterable[int] = (),
+    *,
+    offsets: Optional[Iterable[int]] = None,
 ) -> bytes:
     """The wire header for a frame, buffer length table included (unchecked)."""
 

@@ -1,15 +1,25 @@
 """Type stubs for swarm._core.sock (compiled from sock.pyx)."""
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 from typing_extensions import Self
 
+from swarm._core.shm import SharedBuffer
+
 DEFAULT_MAX_FRAME: int
+SHM_THRESHOLD: int
 
 class Channel:
     """Frames over a connected AF_UNIX stream fd, which it owns."""
 
-    def __new__(cls, fd: int, *, blocking: bool = True, max_frame: int = ...) -> Self: ...
+    def __new__(
+        cls,
+        fd: int,
+        *,
+        blocking: bool = True,
+        max_frame: int = ...,
+        shm_threshold: Optional[int] = None,
+    ) -> Self: ...
     def fileno(self) -> int: ...
     def close(self) -> None:
         """Close the fd and drop anything queued. Safe to call twice."""
@@ -26,6 +36,12 @@ class Channel:
         """True while queued frames are not fully written."""
     @property
     def max_frame(self) -> int: ...
+    @property
+    def shm_threshold(self) -> int:
+        """Out-of-band buffers this large or larger travel as memfds; 0: never."""
+    @property
+    def queued_fds(self) -> int:
+        """Received file descriptors that no frame has taken yet."""
     def set_recv_timeout(self, seconds: float) -> None:
         """The blocking receive timeout (SO_RCVTIMEO); 0 waits for ever."""
     def push(self, kind: int, task_id: int, aux: int, obj: object) -> None:
@@ -36,5 +52,5 @@ class Channel:
         """``push`` then ``flush``."""
     def read_frame(
         self,
-    ) -> Optional[Tuple[int, int, int, bytes, Sequence[bytearray]]]:
+    ) -> Optional[Tuple[int, int, int, bytes, Sequence[Union[bytearray, SharedBuffer]]]]:
         """One complete frame ``(kind, task_id, aux, body, buffers)``, or None."""

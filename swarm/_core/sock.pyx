@@ -3,13 +3,22 @@
 
 Python-visible surface:
 
-``Channel(fd, *, blocking=True, max_frame=DEFAULT_MAX_FRAME)``
+``Channel(fd, *, blocking=True, max_frame=DEFAULT_MAX_FRAME, shm_threshold=SHM_THRESHOLD)``
     Takes ownership of a connected stream socket fd.
 ``Channel.push(kind, task_id, aux, obj)``
-    Pickle ``obj`` (protocol 5) and queue it as one frame. Out-of-band
-    buffers (numpy arrays) are queued as views of their own memory: nothing
-    is copied until the kernel copies it. Raises before queueing anything if
-    ``obj`` cannot be pickled or the frame is over ``max_frame``.
+    Pickle ``obj`` (protocol 5) and queue it as one frame. Each out-of-band
+    buffer (a numpy array) travels one of three ways:
+
+    - it lives in swarm shared memory (a ``SharedBuffer``, e.g. an array
+      from ``swarm.empty``): its memfd is passed with ``SCM_RIGHTS``, no
+      byte is copied, and the receiver maps the same memory;
+    - it has at least ``shm_threshold`` bytes: it is copied once into a new
+      SharedBuffer, whose memfd is passed the same way;
+    - otherwise it is queued as a view of its own memory, and nothing is
+      copied until the kernel copies it.
+
+    Raises before queueing anything if ``obj`` cannot be pickled or the
+    frame is over ``max_frame`` (shared buffers count toward it too).
 ``Channel.flush() -> bool``
     Write queued frames, many per ``sendmsg``. A blocking channel returns
     True once everything is written; a non-blocking one returns False when
@@ -18,8 +27,10 @@ Python-visible surface:
     ``push`` then ``flush``.
 ``Channel.read_frame() -> (kind, task_id, aux, body, buffers) | None``
     One complete frame. ``body`` is the pickle stream (bytes), ``buffers`` a
-    list of writable bytearrays the frame's arrays are to be rebuilt over
-    (``pickle.loads(body, buffers=buffers)``). None: a non-blocking channel
+    list of writable buffers the frame's arrays are to be rebuilt over
+    (``pickle.loads(body, buffers=buffers)``): a bytearray for each buffer
+    that came inline, a SharedBuffer (the received memfd, mapped) for each
+    one that came as an fd. None: a non-blocking channel
     has no complete frame yet. Raises ``PeerClosed`` at a clean end of
     stream, ``ProtocolError`` for a malformed frame and ``TruncatedFrame``
     (both a ProtocolError and a PeerClosed) for one cut off by the peer's
@@ -29,7 +40,21 @@ Python-visible surface:
     The blocking receive timeout (``SO_RCVTIMEO``); 0 waits for ever.
 ``fileno()``, ``close()``, ``closed``, ``buffered`` (received bytes not yet
 consumed), ``in_frame`` (part of a frame received, the rest not yet),
-``pending`` (True while queued bytes are not yet written).
+``pending`` (True while queued bytes are not yet written), ``queued_fds``
+(received fds no frame has taken yet), ``shm_threshold``.
+``SHM_THRESHOLD``
+    The default ``shm_threshold``, in bytes (see its comment for the
+    measurement); the environment variable ``SWARM_SHM_THRESHOLD``
+    overrides it at import (0: never copy into shared memory), which is how
+    a benchmark sets both ends of a connection at once.
+
+File descriptors. Received fds (``recvmsg`` with ``MSG_CMSG_CLOEXEC``) are
+queued in arrival order and taken by the frames that declare fd-carried
+buffers (frame.pxd). Every fd is owned by exactly one thing at a time: the
+queue, or the SharedBuffer that maps it. A frame whose fds did not arrive
+with its first byte, fds that no frame uses, a truncated control message,
+or an fd that is not a sealed memfd large enough is a ProtocolError, and
+every queued fd is closed with it; ``close()`` closes them too.
 """
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
@@ -38,14 +63,19 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport malloc, free
+from libc.string cimport memset
 
 from swarm._core.posix cimport (
     errno, EINTR, EAGAIN, memcpy, memmove, strerror,
-    iovec, msghdr, sendmsg, recv, MSG_NOSIGNAL, MSG_DONTWAIT, close,
+    iovec, msghdr, cmsghdr, sendmsg, recvmsg, MSG_NOSIGNAL, MSG_DONTWAIT,
+    MSG_CTRUNC, MSG_CMSG_CLOEXEC, SCM_RIGHTS, CMSG_FIRSTHDR, CMSG_NXTHDR,
+    CMSG_DATA, CMSG_SPACE, CMSG_LEN, close,
     setsockopt, SOL_SOCKET, SO_RCVTIMEO, timeval)
 from swarm._core.frame cimport (
-    FrameHeader, header_read, header_write, header_check,
-    FRAME_HEADER_SIZE, FRAME_MAX_BUFFERS, FRAME_MAGIC, FRAME_VERSION)
+    FrameHeader, header_read, header_write, header_check, header_entry_size,
+    FRAME_HEADER_SIZE, FRAME_MAX_BUFFERS, FRAME_MAX_FDS, FRAME_MAGIC,
+    FRAME_VERSION, FRAME_FLAG_FDS, FRAME_FD_BUFFER)
+from swarm._core.shm cimport SharedBuffer, shared_copy, shared_from_fd, shared_owner
 
 import os
 import pickle
@@ -54,6 +84,24 @@ from swarm.errors import PeerClosed, ProtocolError, TruncatedFrame
 from swarm._core.frame import DEFAULT_MAX_FRAME
 
 cdef object _dumps = pickle.dumps
+
+# Out-of-band buffers of at least this many bytes are copied once into a
+# memfd and passed as an fd; smaller ones are gathered into the sendmsg.
+# (Arrays already in shared memory always go as fds, whatever their size.)
+# Measured with bench/shm_threshold.py (one-way transfer to a worker via
+# Socket.do_task, median of 9, --pin split, a 2-CPU VM): the copy path lost
+# to the inline path at every size up to 16 MiB (inline / memfd 0.27-0.59:
+# 8 MiB 2.9 ms inline vs 8.0 ms memfd), because every copy lands in freshly
+# allocated shmem pages (~3 us per 4 KiB page there) while the inline
+# receiver reuses malloc'd memory. From 32 MiB up both paths pay for fresh
+# pages and are even within noise (0.92, 0.95, 1.06, 0.92 at 32, 64, 128,
+# 256 MiB). So the copy path is kept for sizes where it costs nothing,
+# where it spares the socket a huge stream and the receiver a huge
+# malloc; the zero-copy path (swarm.empty) is the one that pays off: 4-5x
+# faster than inline at 64 MiB.
+SHM_THRESHOLD = int(os.environ.get("SWARM_SHM_THRESHOLD", 64 << 20))
+if SHM_THRESHOLD < 0:
+    raise ValueError(f"SWARM_SHM_THRESHOLD must be >= 0, got {SHM_THRESHOLD}")
 # Shared by every frame without out-of-band buffers (never mutated), so the
 # common small frame costs no list.
 cdef list _NO_BUFFERS = []
@@ -66,6 +114,13 @@ cdef enum:
     # Segments gathered per sendmsg. Well under IOV_MAX (1024); Py_buffers
     # for the batch live on the stack.
     IOV_BATCH = 64
+    # Words of the sendmsg control buffer on the stack: at least
+    # CMSG_SPACE(FRAME_MAX_FDS * sizeof(int)) bytes (1032 on Linux; checked
+    # at import).
+    SEND_CBUF_WORDS = 136
+
+if CMSG_SPACE(FRAME_MAX_FDS * sizeof(int)) > SEND_CBUF_WORDS * sizeof(uint64_t):
+    raise ImportError("swarm._core.sock: SEND_CBUF_WORDS is too small for this platform")
 
 
 cdef inline int _raise_errno(int err) except -1:
@@ -74,15 +129,28 @@ cdef inline int _raise_errno(int err) except -1:
 
 cdef class Channel:
 
-    def __cinit__(self, int fd, *, bint blocking=True, max_frame=DEFAULT_MAX_FRAME):
+    def __cinit__(self, int fd, *, bint blocking=True, max_frame=DEFAULT_MAX_FRAME,
+                  shm_threshold=None):
         self._fd = -1
+        self._rfd_head = self._rfd_tail = self._rb_n = 0
         self._rbuf = <char *>malloc(RBUF_SIZE)
-        if self._rbuf == NULL:
+        self._rcbuf_len = CMSG_SPACE(FRAME_MAX_FDS * sizeof(int))
+        self._rcbuf = <char *>malloc(self._rcbuf_len)
+        self._rfds = <int *>malloc(RFD_CAPACITY * sizeof(int))
+        if self._rbuf == NULL or self._rcbuf == NULL or self._rfds == NULL:
             raise MemoryError()
         if fd < 0:
             raise ValueError(f"fd must be a non-negative file descriptor, got {fd}")
         if max_frame < FRAME_HEADER_SIZE:
             raise ValueError(f"max_frame must be at least {FRAME_HEADER_SIZE} bytes, got {max_frame}")
+        if shm_threshold is None:
+            shm_threshold = SHM_THRESHOLD
+        if shm_threshold < 0:
+            raise ValueError(f"shm_threshold must be >= 0, got {shm_threshold}")
+        self._shm_threshold = shm_threshold
+        self._fd_frames = []
+        self._fd_i = 0
+        self._fill = _NO_BUFFERS
         self._fd = fd
         self._blocking = blocking
         self._max_frame = max_frame
@@ -102,9 +170,16 @@ cdef class Channel:
         if self._fd >= 0:
             close(self._fd)
             self._fd = -1
+        if self._rfds != NULL:
+            self._close_fds()
+            free(self._rfds)
+            self._rfds = NULL
         if self._rbuf != NULL:
             free(self._rbuf)
             self._rbuf = NULL
+        if self._rcbuf != NULL:
+            free(self._rcbuf)
+            self._rcbuf = NULL
 
     def fileno(self):
         return self._fd
@@ -115,8 +190,11 @@ cdef class Channel:
         self._fd = -1
         self._segs = []
         self._seg_i = self._seg_off = 0
+        self._fd_frames = []
+        self._fd_i = 0
         self._body = None
-        self._bufs = _NO_BUFFERS
+        self._bufs = self._fill = _NO_BUFFERS
+        self._close_fds()
         if fd >= 0:
             os.close(fd)
 
@@ -135,6 +213,14 @@ cdef class Channel:
     @property
     def pending(self):
         return self._seg_i < len(self._segs)
+
+    @property
+    def queued_fds(self):
+        return self._rfd_tail - self._rfd_head
+
+    @property
+    def shm_threshold(self):
+        return self._shm_threshold
 
     def set_recv_timeout(self, double seconds):
         cdef timeval tv
@@ -155,10 +241,12 @@ cdef class Channel:
 
     cpdef push(self, int kind, uint64_t task_id, uint64_t aux, object obj):
         cdef list pickled = self._pickled_bufs
-        cdef list raws
-        cdef Py_ssize_t n, i
-        cdef uint64_t total, length
+        cdef list raws, shared = None, offsets = None
+        cdef Py_ssize_t n, i, entry, nfds = 0, ncopy = 0
+        cdef uint64_t total, length, offset
         cdef FrameHeader h
+        cdef SharedBuffer sb
+        cdef Py_buffer src
         if self._fd < 0:
             raise ValueError("channel is closed")
         try:
@@ -170,37 +258,92 @@ cdef class Channel:
             raws = [(<object>pickled[i]).raw() for i in range(n)] if n else None
         finally:
             pickled.clear()
-        total = FRAME_HEADER_SIZE + 8 * n + len(body)
+        # Where each buffer goes (module doc): shared[i] is the SharedBuffer
+        # whose fd carries buffer i, True for one still to be copied into
+        # shared memory, None for an inline buffer. Decided before anything
+        # is copied, so that an oversize frame costs no copy.
+        total = len(body)
         for i in range(n):
-            total += len(<object>raws[i])
+            raw = raws[i]
+            length = len(raw)
+            total += length
+            if length == 0 or nfds == FRAME_MAX_FDS:
+                # An empty buffer needs no memory; past FRAME_MAX_FDS the
+                # frame's fds would not fit one SCM_RIGHTS message.
+                continue
+            sb = shared_owner(raw, &offset)
+            if sb is None and (self._shm_threshold == 0 or length < <uint64_t>self._shm_threshold):
+                continue
+            if shared is None:
+                shared = [None] * n
+                offsets = [0] * n
+            if sb is None:
+                shared[i] = True
+                ncopy += 1
+            else:
+                shared[i] = sb
+                offsets[i] = offset
+            nfds += 1
+        entry = header_entry_size(FRAME_FLAG_FDS if nfds else 0)
+        total += FRAME_HEADER_SIZE + entry * n
         if total > self._max_frame or len(body) > 0xFFFFFFFF:
             raise ProtocolError(
                 f"frame of {total} bytes is over the frame limit of {self._max_frame} bytes")
+        for i in range(n if ncopy else 0):
+            if shared[i] is not True:
+                continue
+            # The one copy of the shared-memory path: the caller's array is
+            # not in shared memory, and the receiver can only map a memfd.
+            # Made now, like the pickle stream, so that the frame is a
+            # snapshot of obj whatever the caller does with it after push.
+            PyObject_GetBuffer(raws[i], &src, PyBUF_SIMPLE)
+            try:
+                sb = shared_copy(<const char *>src.buf, src.len)
+            finally:
+                PyBuffer_Release(&src)
+            shared[i] = sb
         h.magic = FRAME_MAGIC
         h.version = FRAME_VERSION
         h.kind = kind
-        h.flags = 0
+        h.flags = FRAME_FLAG_FDS if nfds else 0
         h.nbufs = n
         h.body_len = len(body)
         h.task_id = task_id
         h.aux = aux
-        header = PyBytes_FromStringAndSize(NULL, FRAME_HEADER_SIZE + 8 * n)
+        header = PyBytes_FromStringAndSize(NULL, FRAME_HEADER_SIZE + entry * n)
         cdef char *p = PyBytes_AS_STRING(header)
         header_write(p, &h)
         for i in range(n):
             length = len(<object>raws[i])
-            memcpy(p + FRAME_HEADER_SIZE + 8 * i, &length, 8)
+            if nfds and shared[i] is not None:
+                length |= FRAME_FD_BUFFER
+                offset = offsets[i]
+            else:
+                offset = 0
+            memcpy(p + FRAME_HEADER_SIZE + entry * i, &length, 8)
+            if nfds:
+                memcpy(p + FRAME_HEADER_SIZE + entry * i + 8, &offset, 8)
+        if nfds:
+            self._fd_frames.append(
+                (len(self._segs), tuple([x for x in shared if x is not None])))
         self._segs.append(header)
         self._segs.append(body)
-        if n:
+        if nfds:
+            self._segs.extend([raws[i] for i in range(n) if shared[i] is None])
+        elif n:
             self._segs.extend(raws)
 
     cpdef bint flush(self) except -1:
         cdef Py_buffer views[IOV_BATCH]
         cdef iovec iov[IOV_BATCH]
+        cdef uint64_t cbuf[SEND_CBUF_WORDS]
         cdef msghdr msg
+        cdef cmsghdr *cmsg
+        cdef int *cfds
         cdef list segs = self._segs
-        cdef Py_ssize_t nsegs = len(segs), k, j, got
+        cdef list fd_frames = self._fd_frames
+        cdef tuple carried
+        cdef Py_ssize_t nsegs = len(segs), k, j, got, limit, ncarry
         cdef ssize_t sent
         cdef int err, flags = MSG_NOSIGNAL
         cdef Py_ssize_t left
@@ -209,11 +352,27 @@ cdef class Channel:
         while self._seg_i < nsegs:
             if self._fd < 0:
                 raise ValueError("channel is closed")
+            # A frame's fds go with the sendmsg that starts at its first
+            # byte (the receiver checks this), so a batch ends before the
+            # next frame with fds; ancillary data rides on the first byte of
+            # a sendmsg, so a partial send still delivers all of them, and
+            # a send that took nothing (EAGAIN) is retried with them.
+            limit = nsegs
+            carried = None
+            if self._fd_i < len(fd_frames):
+                mark = fd_frames[self._fd_i]
+                if <Py_ssize_t>mark[0] == self._seg_i:
+                    # (_seg_off is 0: no byte of a header leaves without its fds)
+                    carried = mark[1]
+                    if self._fd_i + 1 < len(fd_frames):
+                        limit = fd_frames[self._fd_i + 1][0]
+                else:
+                    limit = mark[0]
             got = 0
             try:
                 k = 0
                 j = self._seg_i
-                while k < IOV_BATCH and j < nsegs:
+                while k < IOV_BATCH and j < limit:
                     PyObject_GetBuffer(segs[j], &views[k], PyBUF_SIMPLE)
                     got += 1
                     iov[k].iov_base = <char *>views[k].buf
@@ -230,6 +389,20 @@ cdef class Channel:
                 msg.msg_control = NULL
                 msg.msg_controllen = 0
                 msg.msg_flags = 0
+                if carried is not None:
+                    ncarry = len(carried)
+                    memset(cbuf, 0, sizeof(cbuf))
+                    msg.msg_control = cbuf
+                    msg.msg_controllen = CMSG_SPACE(ncarry * sizeof(int))
+                    cmsg = CMSG_FIRSTHDR(&msg)
+                    cmsg.cmsg_level = SOL_SOCKET
+                    cmsg.cmsg_type = SCM_RIGHTS
+                    cmsg.cmsg_len = CMSG_LEN(ncarry * sizeof(int))
+                    cfds = <int *>CMSG_DATA(cmsg)
+                    for j in range(ncarry):
+                        # Still open: a SharedBuffer closes its fd only when
+                        # deallocated, and the tuple holds each one.
+                        cfds[j] = (<SharedBuffer>carried[j])._fd
                 if self._blocking:
                     with nogil:
                         sent = sendmsg(self._fd, &msg, flags)
@@ -249,6 +422,11 @@ cdef class Channel:
                         raise TimeoutError("timed out sending a frame")
                     return False
                 _raise_errno(err)
+            if carried is not None:
+                # Delivered (the kernel took at least the first byte): the
+                # receiver holds its own fds now; ours may go.
+                fd_frames[self._fd_i] = None
+                self._fd_i += 1
             # Advance past what the kernel took: whole segments, then an offset.
             for j in range(k):
                 left = iov[j].iov_len
@@ -260,6 +438,8 @@ cdef class Channel:
                     self._seg_off += sent
                     break
         segs.clear()
+        fd_frames.clear()
+        self._fd_i = 0
         self._seg_i = 0
         self._seg_off = 0
         return True
@@ -273,20 +453,38 @@ cdef class Channel:
 
     cdef Py_ssize_t _recv(self, char *dst, Py_ssize_t n) except -2:
         # Returns bytes received (> 0), 0 at end of stream, -1 when a
-        # non-blocking channel has nothing to read.
+        # non-blocking channel has nothing to read. Always recvmsg with room
+        # for one SCM_RIGHTS message: fds may come with any byte, and an fd
+        # that arrives in a plain recv is closed by the kernel unseen.
         cdef ssize_t r
-        cdef int err
+        cdef int err, flags = MSG_CMSG_CLOEXEC
+        cdef msghdr msg
+        cdef iovec iov
+        if not self._blocking:
+            flags |= MSG_DONTWAIT
         while True:
             if self._fd < 0:
                 raise ValueError("channel is closed")
+            iov.iov_base = dst
+            iov.iov_len = n
+            msg.msg_name = NULL
+            msg.msg_namelen = 0
+            msg.msg_iov = &iov
+            msg.msg_iovlen = 1
+            msg.msg_control = self._rcbuf
+            msg.msg_controllen = self._rcbuf_len
+            msg.msg_flags = 0
             if self._blocking:
                 with nogil:
-                    r = recv(self._fd, dst, n, 0)
+                    r = recvmsg(self._fd, &msg, flags)
                     err = errno
             else:
-                r = recv(self._fd, dst, n, MSG_DONTWAIT)
+                r = recvmsg(self._fd, &msg, flags)
                 err = errno
             if r >= 0:
+                if msg.msg_controllen > 0 or msg.msg_flags & MSG_CTRUNC:
+                    self._take_fds(&msg, r)
+                self._rx_off += <uint64_t>r
                 return r
             if err == EINTR:
                 PyErr_CheckSignals()
@@ -296,6 +494,97 @@ cdef class Channel:
                     raise TimeoutError("timed out waiting for a frame")
                 return -1
             _raise_errno(err)
+
+    cdef int _take_fds(self, msghdr *msg, Py_ssize_t r) except -1:
+        # Queues the fds of one recvmsg as a batch, tagged with the stream
+        # offsets of the bytes it returned; raises (closing them) when they
+        # cannot be right.
+        cdef int fds[FRAME_MAX_FDS + 8]
+        cdef Py_ssize_t nfds = 0, i, m
+        cdef cmsghdr *cmsg = CMSG_FIRSTHDR(msg)
+        cdef bint overflow = False
+        cdef int *data
+        while cmsg != NULL:
+            if cmsg.cmsg_level == SOL_SOCKET and cmsg.cmsg_type == SCM_RIGHTS:
+                m = <Py_ssize_t>((cmsg.cmsg_len - CMSG_LEN(0)) // sizeof(int))
+                data = <int *>CMSG_DATA(cmsg)
+                for i in range(m):
+                    if nfds < FRAME_MAX_FDS + 8:
+                        fds[nfds] = data[i]
+                        nfds += 1
+                    else:  # cannot happen with our control buffer size
+                        close(data[i])
+                        overflow = True
+            cmsg = CMSG_NXTHDR(msg, cmsg)
+        if msg.msg_flags & MSG_CTRUNC or overflow:
+            for i in range(nfds):
+                close(fds[i])
+            raise ProtocolError(
+                "file descriptors from the peer were cut off (MSG_CTRUNC): more "
+                f"than {FRAME_MAX_FDS} in one message, or this process is out of "
+                "descriptors")
+        if nfds == 0:
+            return 0
+        if self._rb_n == RFD_BATCHES_MAX or nfds > FRAME_MAX_FDS:
+            for i in range(nfds):
+                close(fds[i])
+            raise ProtocolError(
+                f"{self.queued_fds + nfds} file descriptors arrived without a frame "
+                "that uses them")
+        if self._rfd_tail + nfds > RFD_CAPACITY:
+            # Compact the queue; it holds at most RFD_CAPACITY - nfds fds
+            # here (fewer than RFD_BATCHES_MAX batches of FRAME_MAX_FDS).
+            memmove(self._rfds, self._rfds + self._rfd_head,
+                    (self._rfd_tail - self._rfd_head) * sizeof(int))
+            self._rfd_tail -= self._rfd_head
+            self._rfd_head = 0
+        memcpy(self._rfds + self._rfd_tail, fds, nfds * sizeof(int))
+        self._rfd_tail += nfds
+        self._rb_count[self._rb_n] = nfds
+        self._rb_start[self._rb_n] = self._rx_off
+        self._rb_end[self._rb_n] = self._rx_off + <uint64_t>r
+        self._rb_n += 1
+        return 0
+
+    cdef int _check_fds(self, uint64_t start, Py_ssize_t nfds) except -1:
+        # The frame starting at stream offset `start` declares nfds
+        # fd-carried buffers. Its fds came with the recvmsg that returned
+        # byte `start`: the batch whose range holds it. A batch that
+        # arrived wholly before `start` belongs to no frame.
+        if self._rb_n and self._rb_end[0] <= start:
+            raise ProtocolError(
+                f"{self.queued_fds} file descriptors arrived without a frame that uses them")
+        if nfds == 0:
+            return 0  # a batch here is for a frame after this one
+        if not self._rb_n or self._rb_start[0] > start:
+            raise ProtocolError(
+                f"frame declares {nfds} fd-carried buffers but no file descriptors "
+                f"arrived with it")
+        if self._rb_count[0] != nfds:
+            raise ProtocolError(
+                f"frame declares {nfds} fd-carried buffers but {self._rb_count[0]} "
+                f"file descriptors arrived with it")
+        return 0
+
+    cdef int _pop_fd(self) noexcept:
+        # The first queued fd, now the caller's. Only after _check_fds.
+        cdef int fd = self._rfds[self._rfd_head]
+        self._rfd_head += 1
+        self._rb_count[0] -= 1
+        if self._rb_count[0] == 0:
+            self._rb_n -= 1
+            memmove(self._rb_count, self._rb_count + 1, self._rb_n * sizeof(Py_ssize_t))
+            memmove(self._rb_start, self._rb_start + 1, self._rb_n * sizeof(uint64_t))
+            memmove(self._rb_end, self._rb_end + 1, self._rb_n * sizeof(uint64_t))
+        if self._rfd_head == self._rfd_tail:
+            self._rfd_head = self._rfd_tail = 0
+        return fd
+
+    cdef void _close_fds(self) noexcept:
+        cdef Py_ssize_t i
+        for i in range(self._rfd_head, self._rfd_tail):
+            close(self._rfds[i])
+        self._rfd_head = self._rfd_tail = self._rb_n = 0
 
     cpdef object read_frame(self):
         cdef Py_ssize_t need, r
@@ -312,7 +601,8 @@ cdef class Channel:
                             break
                         header_read(self._rbuf + self._rpos, &self._hdr)
                         header_check(&self._hdr, self._max_frame)
-                        need = FRAME_HEADER_SIZE + 8 * <Py_ssize_t>self._hdr.nbufs
+                        need = (FRAME_HEADER_SIZE + header_entry_size(self._hdr.flags)
+                                * <Py_ssize_t>self._hdr.nbufs)
                         parsed = True
                         continue
                     if self._rcap - self._rpos < need:
@@ -323,6 +613,10 @@ cdef class Channel:
                     r = self._recv(self._rbuf + self._rend, self._rcap - self._rend)
                     if r == 0:
                         if self._rend == self._rpos:
+                            if self._rb_n:
+                                raise ProtocolError(
+                                    f"peer closed the connection leaving {self.queued_fds} "
+                                    "file descriptors that no frame uses")
                             raise PeerClosed("peer closed the connection")
                         raise TruncatedFrame(
                             f"connection closed inside a frame header "
@@ -336,39 +630,71 @@ cdef class Channel:
         except ProtocolError:
             self._broken = True
             self._body = None
-            self._bufs = _NO_BUFFERS
+            self._bufs = self._fill = _NO_BUFFERS
+            self._close_fds()
             raise
         # Frame complete: hand its parts over and get ready for the next.
         bufs = self._bufs
         frame = (self._hdr.kind, self._hdr.task_id, self._hdr.aux, self._body,
                  bufs if bufs else ())
         self._body = None
-        self._bufs = _NO_BUFFERS
+        self._bufs = self._fill = _NO_BUFFERS
         self._stage = STAGE_HEADER
         return frame
 
     cdef int _begin_payload(self) except -1:
-        # The header and length table sit in _rbuf[_rpos:]: validate the
+        # The header and buffer table sit in _rbuf[_rpos:]: validate the
         # total, then allocate targets sized by the checked lengths only.
-        cdef Py_ssize_t i, n = self._hdr.nbufs
-        cdef uint64_t length, total = FRAME_HEADER_SIZE + 8 * <uint64_t>n + self._hdr.body_len
+        cdef Py_ssize_t i, n = self._hdr.nbufs, nfds = 0
+        cdef Py_ssize_t entry = header_entry_size(self._hdr.flags)
+        cdef bint has_fds = self._hdr.flags & FRAME_FLAG_FDS
+        cdef uint64_t length, offset
+        cdef uint64_t total = FRAME_HEADER_SIZE + <uint64_t>entry * n + self._hdr.body_len
         cdef const char *table = self._rbuf + self._rpos + FRAME_HEADER_SIZE
+        # This frame's first byte, as a stream offset: in the header stage
+        # _rbuf[_rpos:_rend] are the last bytes received.
+        cdef uint64_t start = self._rx_off - <uint64_t>(self._rend - self._rpos)
+        cdef list bufs, fill
         for i in range(n):
-            memcpy(&length, table + 8 * i, 8)
+            memcpy(&length, table + entry * i, 8)
+            if has_fds and length & FRAME_FD_BUFFER:
+                length &= ~FRAME_FD_BUFFER
+                nfds += 1
             if length > self._max_frame or total + length > self._max_frame:
                 raise ProtocolError(   # the sum in Python ints: it may exceed 64 bits
                     f"frame of at least {<object>total + <object>length} bytes is over "
                     f"the frame limit of {self._max_frame} bytes")
             total += length
+        for i in range(n if has_fds else 0):
+            memcpy(&length, table + entry * i, 8)
+            memcpy(&offset, table + entry * i + 8, 8)
+            if not length & FRAME_FD_BUFFER and offset != 0:
+                raise ProtocolError(
+                    f"inline buffer {i} has offset {offset} (only fd-carried buffers have one)")
+        self._check_fds(start, nfds)
         self._body = PyBytes_FromStringAndSize(NULL, self._hdr.body_len)
         if n == 0:
-            self._bufs = _NO_BUFFERS
+            bufs = fill = _NO_BUFFERS
+        elif nfds == 0:
+            bufs = fill = []
         else:
-            self._bufs = bufs = []
+            bufs = []
+            fill = []
         for i in range(n):
-            memcpy(&length, table + 8 * i, 8)
-            bufs.append(PyByteArray_FromStringAndSize(NULL, <Py_ssize_t>length))
-        self._rpos += FRAME_HEADER_SIZE + 8 * n
+            memcpy(&length, table + entry * i, 8)
+            if has_fds and length & FRAME_FD_BUFFER:
+                memcpy(&offset, table + entry * i + 8, 8)
+                # The fd is the SharedBuffer's from here (closed on error).
+                bufs.append(shared_from_fd(self._pop_fd(), offset,
+                                           length & ~FRAME_FD_BUFFER, True))
+            else:
+                buf = PyByteArray_FromStringAndSize(NULL, <Py_ssize_t>length)
+                bufs.append(buf)
+                if nfds:
+                    fill.append(buf)
+        self._bufs = bufs
+        self._fill = fill
+        self._rpos += FRAME_HEADER_SIZE + entry * n
         self._target = -1
         self._dst = PyBytes_AS_STRING(self._body)
         self._dst_left = self._hdr.body_len
@@ -381,9 +707,9 @@ cdef class Channel:
         while True:
             while self._dst_left == 0:
                 self._target += 1
-                if self._target >= len(self._bufs):
+                if self._target >= len(self._fill):
                     return 1
-                buf = self._bufs[self._target]
+                buf = self._fill[self._target]
                 self._dst = PyByteArray_AS_STRING(buf)
                 self._dst_left = len(buf)
             avail = self._rend - self._rpos

@@ -1,0 +1,29 @@
+"""Type stubs for swarm._core.shm (compiled from shm.pyx)."""
+
+from typing_extensions import Self
+
+KEEP_FDS_MAX: int
+
+def kept_fds() -> int:
+    """SharedBuffers of this process that hold their fd open now."""
+
+class SharedBuffer:
+    """A sealed memfd mapped read-write; exports the buffer protocol."""
+
+    def __new__(cls, size: int) -> Self: ...
+    def __init__(self, size: int) -> None: ...
+    def __repr__(self) -> str: ...
+    @staticmethod
+    def from_fd(fd: int, offset: int = 0, length: int = -1) -> "SharedBuffer":
+        """Map ``[offset, offset + length)`` of memfd ``fd``, which it owns from now on."""
+    @property
+    def size(self) -> int: ...
+    @property
+    def fd(self) -> int:
+        """The memfd, or -1 when it was closed after mapping."""
+    @property
+    def file_offset(self) -> int:
+        """Where the exported bytes start in the memfd."""
+    @property
+    def exports(self) -> int:
+        """Views (memoryviews, arrays) over this buffer that are alive now."""

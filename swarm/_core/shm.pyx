@@ -1,0 +1,327 @@
+# cython: language_level=3
+"""Shared memory: a sealed memfd mapped MAP_SHARED, lent out as a buffer.
+
+Python-visible surface:
+
+``SharedBuffer(size)``
+    A fresh memfd (``MFD_CLOEXEC | MFD_ALLOW_SEALING``) of ``size`` bytes,
+    zero-filled, sealed against shrinking and growing (``F_SEAL_SHRINK |
+    F_SEAL_GROW | F_SEAL_SEAL``), and mapped read-write. It exports the
+    buffer protocol (writable, 1-d unsigned bytes), so
+    ``numpy.frombuffer(buf, dtype)`` is an array over shared memory.
+``SharedBuffer.from_fd(fd, offset=0, length=-1)``
+    Map bytes ``[offset, offset + length)`` of a memfd (``length=-1``: to its
+    end). Takes ownership of ``fd`` (closed on error). Raises
+    ``ProtocolError`` when the fd is not a memfd sealed against shrinking,
+    or is smaller than ``offset + length`` -- a peer could otherwise shrink
+    the file under our mapping and make us SIGBUS.
+``size``, ``fd`` (-1 once closed), ``file_offset``, ``exports`` (live views)
+    Read-only properties.
+``KEEP_FDS_MAX``, ``kept_fds()``
+    The fd budget for received buffers, and how many SharedBuffers of this
+    process hold an fd now.
+
+Lifetime is exact: the mapping is unmapped and the fd closed when the
+SharedBuffer is deallocated, which happens only after every view over it
+(memoryview, numpy array) is gone.
+
+Keeping the fd. A SharedBuffer made here (``swarm.empty``, or a copy made to
+send an array) keeps its fd: that is what lets it be sent again without a
+copy, and the caller decides how many exist. A buffer mapped from a
+received fd keeps the fd only while fewer than ``KEEP_FDS_MAX`` buffers of
+the process hold one; past that the fd is closed right after mapping (the
+mapping alone keeps the memory alive) and sending that buffer on copies it.
+The alternative, closing every received fd and ``dup``-ing at send time, is
+not possible: once closed, a mapping cannot give its fd back. Keeping fds
+without a bound is not safe either: a client that collects thousands of
+array results would run out of descriptors (``RLIMIT_NOFILE`` is often
+1024). The budget keeps the common echo and in-place cases zero-copy (a
+worker holds a task's arrays, a few at a time) and bounds what a peer can
+make us hold.
+"""
+
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
+from cpython.memoryview cimport PyMemoryView_Check
+from libc.stdint cimport uint64_t, int64_t
+
+from cpython.exc cimport PyErr_CheckSignals
+
+from swarm._core.posix cimport (
+    pwrite, errno, EINTR, EACCES, EPERM, EINVAL, ENODEV, strerror, close, ftruncate,
+    sysconf, _SC_PAGESIZE, fcntl, F_ADD_SEALS, F_GET_SEALS, F_SEAL_SEAL,
+    F_SEAL_SHRINK, F_SEAL_GROW, struct_stat, fstat, memfd_create, mmap, munmap,
+    MAP_FAILED, MFD_CLOEXEC, MFD_ALLOW_SEALING, PROT_READ, PROT_WRITE,
+    MAP_SHARED, MAP_POPULATE)
+
+from swarm.errors import ProtocolError
+
+# Buffers mapped from received fds keep their fd only while fewer than this
+# many SharedBuffers of the process hold one (see the module doc). 256 fds
+# is a quarter of the common 1024 soft limit; beyond it a received array
+# sent on is copied once instead of passed as is.
+KEEP_FDS_MAX = 256
+cdef Py_ssize_t _keep_fds_max = KEEP_FDS_MAX
+# SharedBuffers of this process holding their fd open.
+cdef Py_ssize_t _kept_fds = 0
+cdef Py_ssize_t _page = sysconf(_SC_PAGESIZE)
+# How far shared_owner follows memoryview.obj / .base (numpy views of
+# views of ... a SharedBuffer); deeper chains are sent as plain bytes.
+cdef enum:
+    OWNER_DEPTH_MAX = 32
+# Exported by a zero-length buffer: a valid pointer that is never read.
+cdef char _empty[1]
+# The buffer protocol format of unsigned bytes.
+cdef char *_format_b = b"B"
+
+
+def kept_fds():
+    """SharedBuffers of this process that hold their fd open now."""
+    return _kept_fds
+
+
+cdef inline int _raise_errno(int err, str what) except -1:
+    raise OSError(err, f"{what}: {strerror(err).decode('utf-8', 'replace')}")
+
+
+cdef class SharedBuffer:
+
+    def __cinit__(self, *args, **kwargs):
+        self._fd = -1
+        self._counts_fd = False
+        self._base = NULL
+        self._map_len = 0
+        self._addr = _empty
+        self._size = 0
+        self._file_off = 0
+        self._exports = 0
+        self._itemsize = 1
+
+    def __init__(self, Py_ssize_t size):
+        if self._base != NULL or self._fd >= 0:
+            raise TypeError("SharedBuffer is already initialized")
+        self._create(size)
+        # Not prefaulted: like numpy.empty, pages are allocated as written.
+        self._map(0, <uint64_t>size, False)
+
+    cdef int _create(self, Py_ssize_t size) except -1:
+        # A sealed memfd of `size` bytes, not mapped.
+        global _kept_fds
+        cdef int fd, rc, err
+        if size < 0:
+            raise ValueError(f"size must be >= 0, got {size}")
+        fd = memfd_create(b"swarm", MFD_CLOEXEC | MFD_ALLOW_SEALING)
+        if fd < 0:
+            _raise_errno(errno, "memfd_create")
+        self._fd = fd
+        self._counts_fd = True
+        _kept_fds += 1
+        while True:
+            rc = ftruncate(fd, size)
+            err = errno
+            if rc == 0:
+                break
+            if err != EINTR:
+                _raise_errno(err, f"ftruncate of a memfd to {size} bytes")
+        # Sealed before anyone else can see the fd: a receiver can then map
+        # it without fearing that it shrinks (SIGBUS) or grows.
+        if fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0:
+            _raise_errno(errno, "sealing a memfd")
+        self._size = size
+        return 0
+
+    cdef int _map(self, uint64_t offset, uint64_t length, bint populate) except -1:
+        # Maps [offset, offset + length) of self._fd; mmap wants a page
+        # aligned file offset, so the mapping may start a little earlier.
+        cdef uint64_t start = offset - offset % <uint64_t>_page
+        cdef size_t map_len = <size_t>(offset - start + length)
+        cdef int flags = MAP_SHARED | (MAP_POPULATE if populate else 0)
+        cdef void *p
+        cdef int err
+        if map_len == 0:
+            map_len = 1  # never read: a zero-length buffer still needs a mapping
+        p = mmap(NULL, map_len, PROT_READ | PROT_WRITE, flags, self._fd, <long>start)
+        if p == MAP_FAILED:
+            err = errno
+            if err in (EACCES, EPERM, EINVAL, ENODEV):
+                # Read-only fd, a write seal, a file that cannot be mapped:
+                # what the peer sent is unusable, not a local failure.
+                raise ProtocolError(
+                    f"cannot map a received memfd read-write: "
+                    f"{strerror(err).decode('utf-8', 'replace')}")
+            _raise_errno(err, f"mmap of {map_len} bytes of a memfd")
+        self._base = <char *>p
+        self._map_len = map_len
+        self._addr = self._base + (offset - start)
+        self._size = <Py_ssize_t>length
+        self._file_off = offset
+        return 0
+
+    def __dealloc__(self):
+        global _kept_fds
+        # Runs only when no view is left: each one holds a reference.
+        if self._base != NULL:
+            munmap(self._base, self._map_len)
+            self._base = NULL
+        if self._fd >= 0:
+            close(self._fd)
+            self._fd = -1
+        if self._counts_fd:
+            _kept_fds -= 1
+            self._counts_fd = False
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        if self._base == NULL and self._size > 0:
+            raise BufferError("this SharedBuffer only carries an fd: it is not mapped here")
+        view.buf = self._addr
+        view.obj = self
+        view.len = self._size
+        view.readonly = 0
+        view.itemsize = 1
+        view.format = _format_b if flags & PyBUF_FORMAT else NULL
+        view.ndim = 1
+        view.shape = NULL
+        if flags & PyBUF_ND:
+            view.shape = &self._size
+        view.strides = NULL
+        if (flags & PyBUF_STRIDES) == PyBUF_STRIDES:
+            view.strides = &self._itemsize
+        view.suboffsets = NULL
+        view.internal = NULL
+        self._exports += 1
+
+    def __releasebuffer__(self, Py_buffer *view):
+        self._exports -= 1
+
+    @staticmethod
+    def from_fd(int fd, int64_t offset=0, int64_t length=-1):
+        """Map ``[offset, offset + length)`` of memfd ``fd`` (owned from now on).
+
+        ``length=-1`` maps to the end of the file. Raises ProtocolError for
+        an fd that is not a memfd sealed against shrinking, or one smaller
+        than ``offset + length``.
+        """
+        cdef struct_stat st
+        if fd < 0:
+            raise ValueError(f"fd must be a non-negative file descriptor, got {fd}")
+        if offset < 0 or length < -1:
+            close(fd)
+            raise ValueError(f"bad offset {offset} or length {length}")
+        if length == -1:
+            if fstat(fd, &st) != 0:
+                err = errno
+                close(fd)
+                _raise_errno(err, "fstat")
+            length = st.st_size - offset if st.st_size > offset else 0
+        return shared_from_fd(fd, <uint64_t>offset, <uint64_t>length, True)
+
+    @property
+    def size(self):
+        return self._size
+
+    @property
+    def fd(self):
+        return self._fd
+
+    @property
+    def file_offset(self):
+        return self._file_off
+
+    @property
+    def exports(self):
+        return self._exports
+
+    def __repr__(self):
+        return (f"<SharedBuffer size={self._size} fd={self._fd} "
+                f"offset={self._file_off} exports={self._exports}>")
+
+
+cdef SharedBuffer shared_copy(const char *src, Py_ssize_t size):
+    # pwrite, not mmap + memcpy: the kernel copies straight into the new
+    # shmem pages, so this side never maps them -- no page faults, no
+    # zero-filling and no munmap here (bench/shm_threshold.py measured
+    # mmap + memcpy about 1.5x slower for 8 MiB).
+    cdef SharedBuffer sb = SharedBuffer.__new__(SharedBuffer)
+    cdef Py_ssize_t done = 0
+    cdef ssize_t r
+    cdef int err = 0
+    sb._create(size)
+    while done < size:
+        with nogil:
+            r = pwrite(sb._fd, src + done, <size_t>(size - done), <long>done)
+            err = errno
+        if r < 0:
+            if err == EINTR:
+                PyErr_CheckSignals()
+                continue
+            _raise_errno(err, f"writing {size} bytes into a memfd")
+        done += r
+    return sb
+
+
+cdef SharedBuffer shared_from_fd(int fd, uint64_t offset, uint64_t length, bint keep_fd):
+    global _kept_fds
+    cdef SharedBuffer sb = SharedBuffer.__new__(SharedBuffer)
+    cdef struct_stat st
+    cdef int seals, err
+    sb._fd = fd  # owned from here: __dealloc__ closes it on any error below
+    seals = fcntl(fd, F_GET_SEALS)
+    if seals < 0:
+        err = errno
+        raise ProtocolError(
+            f"a received file descriptor is not a memfd "
+            f"({strerror(err).decode('utf-8', 'replace')})")
+    if not seals & F_SEAL_SHRINK:
+        raise ProtocolError(
+            "a received memfd is not sealed against shrinking: the peer could "
+            "truncate it under the mapping")
+    if fstat(fd, &st) != 0:
+        err = errno
+        raise ProtocolError(
+            f"cannot fstat a received memfd: {strerror(err).decode('utf-8', 'replace')}")
+    if offset > <uint64_t>st.st_size or length > <uint64_t>st.st_size - offset:
+        raise ProtocolError(
+            f"a received memfd of {st.st_size} bytes is smaller than the buffer it "
+            f"carries ({length} bytes at offset {offset})")
+    sb._map(offset, length, True)
+    if keep_fd and _kept_fds < _keep_fds_max:
+        sb._counts_fd = True
+        _kept_fds += 1
+    else:
+        close(fd)  # the mapping keeps the memory; see the module doc
+        sb._fd = -1
+    return sb
+
+
+cdef SharedBuffer shared_owner(object view, uint64_t *file_off):
+    cdef object obj = view
+    cdef SharedBuffer sb
+    cdef Py_buffer buf
+    cdef char *p
+    cdef Py_ssize_t n
+    cdef int depth
+    for depth in range(OWNER_DEPTH_MAX):
+        if type(obj) is SharedBuffer:
+            break
+        if PyMemoryView_Check(obj):
+            obj = obj.obj
+        else:
+            # numpy arrays (and anything that follows its convention) name
+            # the object their memory comes from in .base.
+            obj = getattr(obj, "base", None)
+        if obj is None:
+            return None
+    else:
+        return None
+    sb = <SharedBuffer>obj
+    if sb._fd < 0:
+        return None
+    # The chain only says where to look; the addresses decide, so that an
+    # unrelated .base can never make us send the wrong bytes.
+    PyObject_GetBuffer(view, &buf, PyBUF_SIMPLE)
+    p = <char *>buf.buf
+    n = buf.len
+    PyBuffer_Release(&buf)
+    if p < sb._addr or n > sb._size or p - sb._addr > sb._size - n:
+        return None
+    file_off[0] = sb._file_off + <uint64_t>(p - sb._addr)
+    return sb
