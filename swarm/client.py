@@ -1078,7 +1078,13 @@ class Pool:
             self._on_start_failed(worker)
             return
         self._start_failures = 0
-        worker.chan = Channel(fd, blocking=False, max_frame=self.max_frame)
+        # A worker elsewhere (a Dask slot) gets arrays inline: copying one
+        # into shared memory would only add a copy on the way to the engine.
+        if self._backend.is_local:
+            worker.chan = Channel(fd, blocking=False, max_frame=self.max_frame)
+        else:
+            worker.chan = Channel(fd, blocking=False, max_frame=self.max_frame,
+                                  shm_threshold=0)
         worker.is_ready = True
         worker.last_busy = time.monotonic()
         step = self._step

@@ -388,7 +388,10 @@ class _Slot:
                 return  # the pool closed its end: retired or shut down
             assert frame is not None
             kind, seq, aux, body, buffers = frame
-            self._submit(kind, seq, aux, body, list(buffers))
+            # An array the caller made with swarm.empty arrives as shared
+            # memory; the engine ships bytes (it copies them anyway).
+            self._submit(kind, seq, aux, body,
+                         [b if type(b) is bytearray else bytearray(b) for b in buffers])
 
     def _submit(self, kind: int, seq: int, aux: int, body: bytes, buffers: List[Any]) -> None:
         backend = self._backend
