@@ -186,3 +186,27 @@ def test_numpy_arrays_travel_in_chunks():
         assert got.dtype == sent.dtype and np.array_equal(got, sent)
     pickle.dumps(results[0])  # ordinary, writable arrays
     assert results[0].flags.writeable
+
+
+def test_tasks_with_large_payloads_travel_alone():
+    # Chunking saves a frame's fixed cost, which is noise next to moving a
+    # megabyte; chunks of big arrays would only serialize the transfers.
+    np = pytest.importorskip("numpy")
+    array = np.ones(1 << 18)  # 2 MiB
+    with Pool(workers=2) as pool:
+        _warm_up(pool)
+        batch = BatchManager(pool, [(_tasks.echo, array)] * 40).batch
+        results = batch.list_results()
+        assert batch.stats["chunks_sent"] == 0
+    assert all(np.array_equal(r, array) for r in results)
+
+
+def test_tasks_with_large_results_travel_alone():
+    np = pytest.importorskip("numpy")
+    with Pool(workers=2) as pool:
+        _warm_up(pool)
+        batch = BatchManager(pool, [(np.ones, 1 << 18)] * 200).batch
+        results = batch.list_results()
+        # The first replies show how big results are; chunking stops then.
+        assert batch.stats["chunks_sent"] <= 2
+    assert all(r.shape == (1 << 18,) and r[0] == 1.0 for r in results)

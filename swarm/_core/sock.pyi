@@ -44,7 +44,7 @@ class Channel:
         """Received file descriptors that no frame has taken yet."""
     def set_recv_timeout(self, seconds: float) -> None:
         """The blocking receive timeout (SO_RCVTIMEO); 0 waits for ever."""
-    def push(self, kind: int, task_id: int, aux: int, obj: object) -> None:
+    def push(self, kind: int, task_id: int, aux: int, obj: object) -> int:
         """Pickle ``obj`` (protocol 5) and queue it as one frame."""
     def flush(self) -> bool:
         """Write queued frames; False: a non-blocking socket is full."""

@@ -5,8 +5,9 @@ Python-visible surface:
 
 ``Channel(fd, *, blocking=True, max_frame=DEFAULT_MAX_FRAME, shm_threshold=SHM_THRESHOLD)``
     Takes ownership of a connected stream socket fd.
-``Channel.push(kind, task_id, aux, obj)``
-    Pickle ``obj`` (protocol 5) and queue it as one frame. Each out-of-band
+``Channel.push(kind, task_id, aux, obj) -> int``
+    Pickle ``obj`` (protocol 5) and queue it as one frame; return the
+    frame's size in bytes (buffers that travel as fds included). Each out-of-band
     buffer (a numpy array) travels one of three ways:
 
     - it lives in swarm shared memory (a ``SharedBuffer``, e.g. an array
@@ -332,6 +333,7 @@ cdef class Channel:
             self._segs.extend([raws[i] for i in range(n) if shared[i] is None])
         elif n:
             self._segs.extend(raws)
+        return total
 
     cpdef bint flush(self) except -1:
         cdef Py_buffer views[IOV_BATCH]
