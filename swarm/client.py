@@ -1347,10 +1347,10 @@ class Pool:
         try:
             size = worker.chan.push(KIND_TASK, worker.seq + 1, len(tasks), tasks)
         except Exception:
-            # Unpicklable, or over max_frame together: one by one, each task
-            # gets its own outcome.
-            for i, task in enumerate(tasks):
-                self._send_task(worker, requestor, index + i, task)
+            # Unpicklable, or over max_frame together: from now on one by
+            # one, each task with its own outcome, paced by dispatch.
+            requestor._solo = True
+            self._queue.push_front_chunk(requestor._lane, index, tasks)
             return
         worker.seq += 1
         now = time.monotonic()
@@ -1530,7 +1530,7 @@ class Pool:
             # from now on each of this requestor's tasks travels alone, so
             # that each gets its own outcome.
             requestor._solo = True
-            self._queue.push_front_chunk(requestor._lane, index, tasks)
+            self._requeue(requestor, index, tasks, count)
             return
         requestor._record_duration(aux * 1e-9 / count, worker.is_fresh)
         worker.is_fresh = False
@@ -1853,10 +1853,11 @@ class Pool:
             # A chunk: only the task it was running is charged. Those before
             # it had finished, but their results died with the worker.
             if running_at + 1 < count:
-                self._requeue(requestor, index + running_at + 1, task[running_at + 1:], 1)
+                self._requeue(requestor, index + running_at + 1, task[running_at + 1:],
+                              count - running_at - 1)
             self._charge_death(worker, requestor, index + running_at, task[running_at], how)
             if running_at:
-                self._requeue(requestor, index, task[:running_at], 1)
+                self._requeue(requestor, index, task[:running_at], running_at)
 
     def _requeue(self, requestor: _Requestor, index: int, task: Any, count: int) -> None:
         """Put a frame's task(s) back at the head of the queue, uncharged."""

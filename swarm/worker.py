@@ -315,7 +315,7 @@ class _Worker:
                     next_check = now + SOLE_CLIENT_CHECK_S
                     if knock.poll(0):
                         return True
-        except (PeerClosed, ProtocolError, TimeoutError, ConnectionError):
+        except (PeerClosed, ProtocolError, OSError, MemoryError):
             poller.unregister(fd)
             del self.channels[fd]
             chan.close()
@@ -365,7 +365,7 @@ class _Worker:
                 chan.flush()
                 if not chan.buffered:
                     return True
-        except (PeerClosed, ProtocolError, TimeoutError, ConnectionError):
+        except (PeerClosed, ProtocolError, OSError, MemoryError):
             # ProtocolError: a malformed frame from this peer. It cannot be
             # answered in-stream (we lost the framing), so the connection is
             # closed; other connections and the next client are served.
@@ -423,6 +423,7 @@ class _Worker:
         errors = None
         progress = self.progress
         if progress is not None:
+            progress[1] = -1         # no position yet: a death now blames none
             progress[0] = task_id
         fn = self.task_processor
         builtin = fn is _call  # (callable, *args): one Python call, not two
@@ -443,20 +444,29 @@ class _Worker:
                 if errors is None:
                     errors = {}
                 errors[i] = _error_body("task", exc)
+        if progress is not None:
+            progress[1] = count      # past the last task: a death now blames none
         elapsed = time.perf_counter_ns() - start
         try:
             chan.push(KIND_RESULT, task_id, elapsed, (results, errors))
+            return
         except Exception:
-            # Some result cannot be pickled: find which, and report those.
-            for i, result in enumerate(results):
-                try:
-                    pickle.dumps(result, 5, buffer_callback=_drop)
-                except Exception as exc:
-                    if errors is None:
-                        errors = {}
-                    errors[i] = _error_body("result pickling in the worker", exc)
-                    results[i] = None
+            pass
+        # Some result cannot be pickled: find which, and report those.
+        for i, result in enumerate(results):
+            try:
+                pickle.dumps(result, 5, buffer_callback=_drop)
+            except Exception as exc:
+                if errors is None:
+                    errors = {}
+                errors[i] = _error_body("result pickling in the worker", exc)
+                results[i] = None
+        try:
             chan.push(KIND_RESULT, task_id, elapsed, (results, errors))
+        except Exception as exc:
+            # Each result pickles, but together they are over max_frame: the
+            # pool sends these tasks again one by one.
+            self._reply_error(chan, task_id, start, "chunk reply in the worker", exc)
 
     def _run_initializer(self, chan, task_id, body, buffers) -> None:
         start = time.perf_counter_ns()

@@ -100,3 +100,30 @@ def append_line(path, text="x"):
 def with_init_calls(x):
     """(init value held, x, pid, initializer calls in this process so far)."""
     return _state["init"], x, os.getpid(), _state["init_calls"]
+
+
+def init_once_then_fail(folder):
+    """Initializer: the first worker succeeds; any later one fails, after a
+    pause, and leaves a mark saying so."""
+    try:
+        os.close(os.open(os.path.join(folder, "winner"), os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        time.sleep(0.5)
+        open(os.path.join(folder, "init-failed"), "w").close()
+        raise RuntimeError("no GPU here")
+
+
+def die_after_init_failed(folder, x, victim):
+    """x, except for x == victim: wait until another worker's initializer
+    failed, then end this worker."""
+    if x == victim:
+        while not os.path.exists(os.path.join(folder, "init-failed")):
+            time.sleep(0.01)
+        time.sleep(0.3)
+        os._exit(3)
+    return x
+
+
+def growing_result(i, small_until):
+    """Small results first, then 1 MiB ones."""
+    return b"x" * (1000 if i < small_until else 1 << 20)

@@ -210,3 +210,35 @@ def test_tasks_with_large_results_travel_alone():
         # The first replies show how big results are; chunking stops then.
         assert batch.stats["chunks_sent"] <= 2
     assert all(r.shape == (1 << 18,) and r[0] == 1.0 for r in results)
+
+
+def test_a_death_mid_chunk_after_the_initializer_failed_fails_every_task(tmp_path):
+    # One worker's initializer fails late; the other dies inside a chunk.
+    # Every task of that chunk must get its outcome (here: the initializer's
+    # error), none may be lost, and the batch must end.
+    n, victim = 20_000, 6000
+    tasks = [(_tasks.die_after_init_failed, str(tmp_path), i, victim) for i in range(n)]
+    with Pool(workers=2) as pool:
+        batch = BatchManager(pool, tasks, init_data=(_tasks.init_once_then_fail,
+                                                     str(tmp_path))).batch
+        with pytest.raises(BatchError) as info:
+            batch.list_results(timeout=30)
+        stats = batch.stats
+    assert stats["tasks_left"] == 0
+    assert stats["tasks_done"] + stats["tasks_failed"] == n
+    assert len(info.value.errors) == stats["tasks_failed"] > 0
+
+
+def test_a_chunk_whose_results_outgrow_max_frame_is_sent_again_one_by_one():
+    # Small results teach the pool to chunk; then results grow, so a chunk's
+    # reply would be over max_frame though each result fits. The worker says
+    # so, and the tasks go out again one by one: no worker dies, none fails.
+    n, small = 3400, 3000
+    with Pool(workers=2, max_frame=8 << 20) as pool:
+        batch = BatchManager(pool, [(_tasks.growing_result, i, small) for i in range(n)]).batch
+        results = batch.list_results(timeout=60)
+        pids_after = set(pool.pids)
+        assert batch.stats["chunks_sent"] > 0
+    assert len(results) == n and all(len(r) == (1000 if i < small else 1 << 20)
+                                      for i, r in enumerate(results))
+    assert len(pids_after) == 2
