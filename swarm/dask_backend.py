@@ -374,7 +374,12 @@ class _Slot:
         while not self._stop.is_set():
             if poller.poll(0):
                 return False
-            if len(client.nthreads()) >= self._need:
+            try:
+                workers = len(client.nthreads())
+            except Exception as exc:  # the client lost its scheduler
+                raise SwarmError(f"the Dask scheduler cannot be reached "
+                                 f"({type(exc).__name__}: {exc})") from exc
+            if workers >= self._need:
                 return True
             self._stop.wait(WORKER_POLL_S)
         return False

@@ -139,9 +139,12 @@ cdef class SharedBuffer:
         cdef int err
         if map_len == 0:
             map_len = 1  # never read: a zero-length buffer still needs a mapping
-        p = mmap(NULL, map_len, PROT_READ | PROT_WRITE, flags, self._fd, <long>start)
-        if p == MAP_FAILED:
+        # Without the GIL: MAP_POPULATE faults in every page of a received
+        # buffer, which for a large one takes a while.
+        with nogil:
+            p = mmap(NULL, map_len, PROT_READ | PROT_WRITE, flags, self._fd, <long>start)
             err = errno
+        if p == MAP_FAILED:
             if err in (EACCES, EPERM, EINVAL, ENODEV):
                 # Read-only fd, a write seal, a file that cannot be mapped:
                 # what the peer sent is unusable, not a local failure.

@@ -629,7 +629,11 @@ cdef class Channel:
                 self._begin_payload()
             if not self._fill_payload():
                 return None
-        except ProtocolError:
+        except (ProtocolError, MemoryError, OSError) as exc:
+            if isinstance(exc, TimeoutError):
+                raise  # the frame read so far is kept: call again
+            # A malformed frame, no memory for one (or for mapping its
+            # fds), a connection error: the stream's framing is lost.
             self._broken = True
             self._body = None
             self._bufs = self._fill = _NO_BUFFERS
