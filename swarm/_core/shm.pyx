@@ -58,7 +58,8 @@ from swarm.errors import ProtocolError
 # Buffers mapped from received fds keep their fd only while fewer than this
 # many SharedBuffers of the process hold one (see the module doc). 256 fds
 # is a quarter of the common 1024 soft limit; beyond it a received array
-# sent on is copied once instead of passed as is.
+# sent on is copied once instead of passed as is. Read once, at import:
+# changing the module attribute later has no effect.
 KEEP_FDS_MAX = 256
 cdef Py_ssize_t _keep_fds_max = KEEP_FDS_MAX
 # SharedBuffers of this process holding their fd open.
