@@ -52,6 +52,11 @@ if TYPE_CHECKING:
 CONNECT_RETRY_S = 0.01
 
 
+def _ewma(average: float, sample: float) -> float:
+    """The moving average after sample (the first sample starts it)."""
+    return sample if average == 0.0 else average + EWMA_ALPHA * (sample - average)
+
+
 def _frame_bytes(body: bytes, buffers: Any) -> int:
     """Bytes of a received frame's body and out-of-band buffers."""
     size = len(body)
@@ -520,19 +525,9 @@ class _Requestor:
     def _record_duration(self, seconds: float, is_warmup: bool) -> None:
         if self.tta is not None:
             self._times.add(seconds, is_warmup)
-        avg = self.task_time_s
-        avg = seconds if avg == 0.0 else avg + EWMA_ALPHA * (seconds - avg)
-        self.task_time_s = avg
+        avg = self.task_time_s = _ewma(self.task_time_s, seconds)
         depth = 1 + int(PIPELINE_AHEAD_S / avg) if avg > 0 else MAX_DEPTH
         self._depth = depth if depth < MAX_DEPTH else MAX_DEPTH
-
-    def _record_bytes_in(self, per_task: float) -> None:
-        avg = self._bytes_in
-        self._bytes_in = per_task if avg == 0.0 else avg + EWMA_ALPHA * (per_task - avg)
-
-    def _record_bytes_out(self, per_task: float) -> None:
-        avg = self._bytes_out
-        self._bytes_out = per_task if avg == 0.0 else avg + EWMA_ALPHA * (per_task - avg)
 
     def _take(self, timeout: Optional[float]) -> Tuple[int, Any]:
         """Next (index, value) from the pool; raises on close or timeout."""
@@ -1359,7 +1354,7 @@ class Pool:
         worker.inflight.append((requestor, index, tasks, len(tasks)))
         worker.last_busy = now
         requestor.chunks_sent += 1
-        requestor._record_bytes_in(size / len(tasks))
+        requestor._bytes_in = _ewma(requestor._bytes_in, size / len(tasks))
 
     def _prepare(self, worker: _Worker, requestor: _Requestor) -> bool:
         """Queue the initialize frame worker needs before requestor's tasks
@@ -1394,7 +1389,7 @@ class Pool:
             worker.head_since = now
         worker.inflight.append((requestor, index, task, 0))
         worker.last_busy = now
-        requestor._record_bytes_in(size)
+        requestor._bytes_in = _ewma(requestor._bytes_in, size)
 
     def _send_init(self, worker: _Worker, requestor: _Requestor, init_data: Any) -> None:
         try:
@@ -1460,7 +1455,8 @@ class Pool:
                 if index < 0:
                     self._on_init_reply(worker, requestor, kind, body, buffers)
                     continue
-                requestor._record_bytes_out(_frame_bytes(body, buffers) / (count or 1))
+                requestor._bytes_out = _ewma(requestor._bytes_out,
+                                             _frame_bytes(body, buffers) / (count or 1))
                 if count:
                     self._on_chunk_reply(worker, requestor, index, _task, kind, aux,
                                          body, buffers, now)
