@@ -841,6 +841,11 @@ class Pool:
         this machine; ``swarm.dask_backend.DaskBackend(client)`` runs the
         same script on a Dask cluster. ``workers`` then defaults to the
         backend's capacity (its Dask workers).
+    chunk_target_s
+        Seconds of measured task time per chunk when short tasks travel
+        several to a frame (see "Chunking" in the README); 0 sends every
+        task alone (when a worker dies, the finished tasks of its chunk
+        run again, which tasks with side effects may not want).
 
     Leaving the ``with`` block (or ``close()``) cancels what is still
     queued, stops every worker and removes every socket file.
@@ -856,7 +861,12 @@ class Pool:
                  max_workers: Optional[int] = None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
                  max_retries: int = 1, start_timeout: float = 60.0,
                  max_frame: int = DEFAULT_MAX_FRAME,
-                 backend: Optional[Backend] = None) -> None:
+                 backend: Optional[Backend] = None,
+                 chunk_target_s: float = CHUNK_TARGET_S) -> None:
+        if isinstance(chunk_target_s, bool) or not isinstance(chunk_target_s, (int, float)) \
+                or not chunk_target_s >= 0:
+            raise ValueError(f"chunk_target_s must be a number of seconds >= 0, "
+                             f"got {chunk_target_s!r}")
         if backend is None:
             backend = LocalBackend()
         elif not isinstance(backend, Backend):
@@ -898,6 +908,7 @@ class Pool:
         self._timeouts_active = False   # some live requestor has a task_timeout
         self._retiring: List[_Worker] = []
         self.max_frame = max_frame
+        self.chunk_target_s = float(chunk_target_s)
         self._backend = backend
         backend.attach(self)
         self._queue = TaskQueue()
@@ -1323,7 +1334,8 @@ class Pool:
     def _chunk_size(self, requestor: _Requestor) -> int:
         """Tasks of requestor's to send in the next frame (see CHUNK_*)."""
         task_s = requestor.task_time_s
-        if requestor._solo or not 0.0 < task_s < CHUNK_TARGET_S / 2:
+        target = self.chunk_target_s
+        if requestor._solo or not 0.0 < task_s < target / 2:
             return 1
         queued = self._queue.count(requestor._lane)
         fair = -(-queued // (CHUNK_SHARE * max(1, len(self._workers))))
@@ -1331,7 +1343,7 @@ class Pool:
         task_bytes = max(requestor._bytes_in, requestor._bytes_out)
         if task_bytes > 0.0:
             most = min(most, int(CHUNK_MAX_BYTES / task_bytes))
-        return max(1, min(int(CHUNK_TARGET_S / task_s), fair, most))
+        return max(1, min(int(target / task_s), fair, most))
 
     def _send_chunk(self, worker: _Worker, requestor: _Requestor, index: int,
                     tasks: List[Any]) -> None:

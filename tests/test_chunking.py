@@ -242,3 +242,13 @@ def test_a_chunk_whose_results_outgrow_max_frame_is_sent_again_one_by_one():
     assert len(results) == n and all(len(r) == (1000 if i < small else 1 << 20)
                                       for i, r in enumerate(results))
     assert len(pids_after) == 2
+
+
+def test_chunking_can_be_turned_off():
+    with Pool(workers=2, chunk_target_s=0) as pool:
+        batch = BatchManager(pool, [(_tasks.square, i) for i in range(5000)]).batch
+        assert batch.list_results() == [i * i for i in range(5000)]
+        assert batch.stats["chunks_sent"] == 0
+    for bad in (-1, "2ms", True, float("nan")):
+        with pytest.raises(ValueError, match="chunk_target_s"):
+            Pool(workers=1, chunk_target_s=bad)
