@@ -309,6 +309,9 @@ class _Worker:
                 stalled_since = 0.0
                 assert frame is not None  # blocking channel: a frame or an exception
                 self._handle(chan, *frame)
+                # Let go of the task's buffers now, not when the next frame
+                # comes: shared arrays and their fds are released at once.
+                frame = None
                 chan.flush()
                 now = time.monotonic()
                 if now >= next_check:  # a busy client must not lock others out

@@ -58,3 +58,8 @@ def hold(x):
 def release():
     _held.clear()
     return memfd_report()
+
+
+def total(array):
+    """A float: nothing of the array goes back."""
+    return float(array.sum())

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -221,6 +222,26 @@ def test_memory_and_fds_go_with_the_last_array_in_client_and_worker(shm_worker):
         _, report = worker.do_task([4, (_shm_tasks.memfd_report,)], timeout=TIMEOUT_S)
         assert report == ([], [])
     assert _shm_tasks.memfd_report() == ([], [])
+
+
+def test_a_worker_lets_go_of_a_tasks_shared_array_when_the_task_is_done(shm_worker):
+    # Not when the next frame arrives: the worker waits in recv with the
+    # last frame no longer referenced. Read from outside, as /proc shows it.
+    array = swarm.empty(BIG // 8)
+    array[:] = 1.0
+    with Socket(shm_worker.pid) as worker:
+        worker.connect()
+        _, total = worker.do_task([0, (_shm_tasks.total, array)], timeout=TIMEOUT_S)
+        assert total == BIG // 8
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _memfd_maps_of(shm_worker.pid):
+            time.sleep(0.02)
+        assert _memfd_maps_of(shm_worker.pid) == []
+
+
+def _memfd_maps_of(pid):
+    with open(f"/proc/{pid}/maps") as f:
+        return [line for line in f if "/memfd:swarm" in line]
 
 
 def test_a_pool_batch_of_8_mib_arrays_end_to_end():
