@@ -110,4 +110,6 @@ cdef extern from "<sys/mman.h>" nogil:
         PROT_READ
         PROT_WRITE
         MAP_SHARED
+        MAP_PRIVATE
+        MAP_ANONYMOUS
         MAP_POPULATE

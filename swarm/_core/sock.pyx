@@ -72,6 +72,7 @@ from swarm._core.posix cimport (
     MSG_CTRUNC, MSG_CMSG_CLOEXEC, SCM_RIGHTS, CMSG_FIRSTHDR, CMSG_NXTHDR,
     CMSG_DATA, CMSG_SPACE, CMSG_LEN, close,
     setsockopt, SOL_SOCKET, SO_RCVTIMEO, timeval)
+from swarm._core.recvbuf cimport RecvBuffer, recv_buffer, RECV_SIZE_CLASS
 from swarm._core.frame cimport (
     FrameHeader, header_read, header_write, header_check, header_entry_size,
     FRAME_HEADER_SIZE, FRAME_MAX_BUFFERS, FRAME_MAX_FDS, FRAME_MAGIC,
@@ -694,7 +695,10 @@ cdef class Channel:
                 bufs.append(shared_from_fd(self._pop_fd(), offset,
                                            length & ~FRAME_FD_BUFFER, True))
             else:
-                buf = PyByteArray_FromStringAndSize(NULL, <Py_ssize_t>length)
+                if length >= RECV_SIZE_CLASS:  # warm, recycled memory (see recvbuf)
+                    buf = recv_buffer(<Py_ssize_t>length)
+                else:
+                    buf = PyByteArray_FromStringAndSize(NULL, <Py_ssize_t>length)
                 bufs.append(buf)
                 if nfds:
                     fill.append(buf)
@@ -716,8 +720,12 @@ cdef class Channel:
                 if self._target >= len(self._fill):
                     return 1
                 buf = self._fill[self._target]
-                self._dst = PyByteArray_AS_STRING(buf)
-                self._dst_left = len(buf)
+                if type(buf) is RecvBuffer:
+                    self._dst = (<RecvBuffer>buf)._base
+                    self._dst_left = (<RecvBuffer>buf)._size
+                else:
+                    self._dst = PyByteArray_AS_STRING(buf)
+                    self._dst_left = len(buf)
             avail = self._rend - self._rpos
             if avail > 0:
                 n = avail if avail < self._dst_left else self._dst_left
