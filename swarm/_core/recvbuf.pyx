@@ -20,8 +20,8 @@ peak in use: a worker that takes one 8 MiB array per task keeps one or two;
 a client that kept 100 results until a batch ended keeps up to the cap.
 """
 
-from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
 
+from swarm._core.bytesview cimport export_bytes
 from swarm._core.posix cimport (mmap, munmap, MAP_FAILED, PROT_READ, PROT_WRITE,
                                 MAP_PRIVATE, MAP_ANONYMOUS, errno, strerror)
 
@@ -45,7 +45,6 @@ cdef Py_ssize_t _cache_max = RECV_CACHE_BYTES
 cdef Py_ssize_t _cached = 0
 # capacity -> addresses of cached mappings of that capacity (as ints)
 cdef dict _free = {}
-cdef char *_format_b = b"B"
 
 
 def cached_bytes():
@@ -95,21 +94,8 @@ cdef class RecvBuffer:
         return f"<swarm RecvBuffer size={self._size} exports={self._exports}>"
 
     def __getbuffer__(self, Py_buffer *view, int flags):
-        view.buf = self._base
         view.obj = self
-        view.len = self._size
-        view.readonly = 0
-        view.itemsize = 1
-        view.format = _format_b if flags & PyBUF_FORMAT else NULL
-        view.ndim = 1
-        view.shape = NULL
-        if flags & PyBUF_ND:
-            view.shape = &self._size
-        view.strides = NULL
-        if (flags & PyBUF_STRIDES) == PyBUF_STRIDES:
-            view.strides = &self._itemsize
-        view.suboffsets = NULL
-        view.internal = NULL
+        export_bytes(view, flags, self._base, &self._size, &self._itemsize)
         self._exports += 1
 
     def __releasebuffer__(self, Py_buffer *view):

@@ -40,12 +40,13 @@ worker holds a task's arrays, a few at a time) and bounds what a peer can
 make us hold.
 """
 
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.memoryview cimport PyMemoryView_Check
 from libc.stdint cimport uint64_t, int64_t
 
 from cpython.exc cimport PyErr_CheckSignals
 
+from swarm._core.bytesview cimport export_bytes
 from swarm._core.posix cimport (
     pwrite, errno, EINTR, EACCES, EPERM, EINVAL, ENODEV, strerror, close, ftruncate,
     sysconf, _SC_PAGESIZE, fcntl, F_ADD_SEALS, F_GET_SEALS, F_SEAL_SEAL,
@@ -72,7 +73,6 @@ cdef enum:
 # Exported by a zero-length buffer: a valid pointer that is never read.
 cdef char _empty[1]
 # The buffer protocol format of unsigned bytes.
-cdef char *_format_b = b"B"
 
 
 def kept_fds():
@@ -176,21 +176,8 @@ cdef class SharedBuffer:
     def __getbuffer__(self, Py_buffer *view, int flags):
         if self._base == NULL and self._size > 0:
             raise BufferError("this SharedBuffer only carries an fd: it is not mapped here")
-        view.buf = self._addr
         view.obj = self
-        view.len = self._size
-        view.readonly = 0
-        view.itemsize = 1
-        view.format = _format_b if flags & PyBUF_FORMAT else NULL
-        view.ndim = 1
-        view.shape = NULL
-        if flags & PyBUF_ND:
-            view.shape = &self._size
-        view.strides = NULL
-        if (flags & PyBUF_STRIDES) == PyBUF_STRIDES:
-            view.strides = &self._itemsize
-        view.suboffsets = NULL
-        view.internal = NULL
+        export_bytes(view, flags, self._addr, &self._size, &self._itemsize)
         self._exports += 1
 
     def __releasebuffer__(self, Py_buffer *view):
