@@ -221,12 +221,25 @@ class _Worker:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+        # Bound under a temporary name and renamed once listening: a client
+        # that sees the socket file can connect (between bind and listen
+        # it would be refused).
+        staging = self.path + ".new"
+        try:
+            os.unlink(staging)
+        except FileNotFoundError:
+            pass
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            listener.bind(self.path)
+            listener.bind(staging)
             listener.listen(64)
+            os.rename(staging, self.path)
         except BaseException:
             listener.close()
+            try:
+                os.unlink(staging)
+            except FileNotFoundError:
+                pass
             raise
         self.listener = listener
         ready_fd = int(os.environ.pop("SWARM_READY_FD", "-1"))
