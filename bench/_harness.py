@@ -29,6 +29,7 @@ import os
 import platform
 import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -317,3 +318,25 @@ def start_watchdog(seconds: float, label: str) -> threading.Event:
 
     threading.Thread(target=watch, name="watchdog", daemon=True).start()
     return done
+
+
+# Seconds a worker script gets to exit after SIGTERM before SIGKILL.
+STOP_TIMEOUT_S = 5.0
+
+
+def start_worker_script(stack: contextlib.ExitStack, script: str,
+                        env: Optional[dict] = None) -> subprocess.Popen:
+    """Start a worker script; ``stack`` stops it (SIGTERM, then SIGKILL)."""
+    proc = subprocess.Popen([sys.executable, script], env=env)
+
+    def stop():
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        proc.wait()
+
+    stack.callback(stop)
+    return proc

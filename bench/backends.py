@@ -44,7 +44,6 @@ import contextlib
 import logging
 import os
 import sys
-import time
 import warnings
 
 import numpy as np

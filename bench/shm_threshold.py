@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -54,7 +53,6 @@ WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_shm_w
 ECHO_BYTES = 8 * 1024 * 1024
 SIZES = [16 << 10, 64 << 10, 128 << 10, 256 << 10, 512 << 10, 1 << 20, 2 << 20,
          4 << 20, 8 << 20, 16 << 20, 32 << 20, 64 << 20]
-STOP_TIMEOUT_S = 5.0
 
 DEFAULT_PLAN = dict(repeats=9, echo_number=20, warmup=3, oneway_bytes=64 << 20)
 QUICK_PLAN = dict(repeats=3, echo_number=3, warmup=1, oneway_bytes=8 << 20)
@@ -63,18 +61,7 @@ QUICK_PLAN = dict(repeats=3, echo_number=3, warmup=1, oneway_bytes=8 << 20)
 def start_worker(stack: contextlib.ExitStack, threshold: int) -> Socket:
     """A worker and a client Socket, both ends with shm_threshold = threshold."""
     env = dict(os.environ, SWARM_SHM_THRESHOLD=str(threshold))
-    proc = subprocess.Popen([sys.executable, WORKER_SCRIPT], env=env)
-
-    def stop():
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        proc.wait()
-
-    stack.callback(stop)
+    proc = h.start_worker_script(stack, WORKER_SCRIPT, env)
     sock = Socket(proc.pid)
     stack.callback(sock.close)  # runs before stop()
     # The client's Channel takes the module default when it is made.

@@ -58,12 +58,10 @@ import contextlib
 import multiprocessing
 import os
 import socket
-import subprocess
 import sys
 
 import numpy as np
 
-import swarm
 from swarm.client import Socket
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -72,7 +70,7 @@ import _harness as h  # noqa: E402
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_echo_worker.py")
 SMALL_RAW_BYTES = 40
 ARRAY_BYTES = 8 * 1024 * 1024
-STOP_TIMEOUT_S = 5.0
+STOP_TIMEOUT_S = h.STOP_TIMEOUT_S
 
 # (repeats, small round trips per sample, 8 MiB round trips per sample)
 DEFAULT_PLAN = dict(repeats=9, small_number=2000, small_warmup=300,
@@ -117,18 +115,7 @@ def _raw_echo(sock: socket.socket, nbytes: int) -> None:
 # ---------------------------------------------------------------- transports
 
 def start_swarm(stack: contextlib.ExitStack) -> Socket:
-    proc = subprocess.Popen([sys.executable, WORKER_SCRIPT])
-
-    def stop():
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        proc.wait()
-
-    stack.callback(stop)
+    proc = h.start_worker_script(stack, WORKER_SCRIPT)
     sock = Socket(proc.pid)
     stack.callback(sock.close)  # runs before stop()
     sock.connect(timeout=10)

@@ -3,8 +3,6 @@
 
 import os
 
-import numpy as np
-
 import swarm
 
 _held = []

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from swarm._core.frame import KIND_RESULT
-from swarm._core.recvbuf import RECV_MIN, RecvBuffer, cached_bytes
+from swarm._core.recvbuf import RECV_MIN, RecvBuffer
 from swarm._core.sock import Channel
 
 

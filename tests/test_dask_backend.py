@@ -6,7 +6,6 @@ LocalClusters (worker processes on 127.0.0.1); the session's shared one is
 in conftest.py (``dask_client``), and the Pool/Sprint/Batch tests marked
 ``both_backends`` run on it too."""
 
-import os
 import threading
 import time
 
