@@ -249,6 +249,8 @@ class Socket:
         try:
             chan.flush()
             frame = chan.read_frame()
+            while frame is None:  # it read release frames only
+                frame = chan.read_frame()
         except (PeerClosed, ConnectionError) as exc:
             self.close()
             raise WorkerDied(

@@ -266,10 +266,12 @@ class _Slot:
         self._pool_fd = theirs.detach()    # handed to the pool by connect()
         # Reads and writes go through separate Channels (their own fds) from
         # separate threads; shutdown() of the one socket ends both.
+        # Neither lends memory (shm.pyx): a release for the writer's Lents
+        # would arrive at the reader. Results cross once, inline.
         self._rchan = Channel(os.dup(mine.fileno()), blocking=True,
-                              max_frame=backend._max_frame)
+                              max_frame=backend._max_frame, shm_threshold=0)
         self._wchan = Channel(os.dup(mine.fileno()), blocking=True,
-                              max_frame=backend._max_frame)
+                              max_frame=backend._max_frame, shm_threshold=0)
         self._cond = threading.Condition()
         self._order: "collections.deque[int]" = collections.deque()  # seqs, send order
         self._futures: Dict[int, Tuple[Any, Any]] = {}  # seq -> (future, payload future)
@@ -391,7 +393,8 @@ class _Slot:
                 frame = chan.read_frame()
             except (PeerClosed, ProtocolError, ConnectionError, OSError):
                 return  # the pool closed its end: retired or shut down
-            assert frame is not None
+            if frame is None:
+                continue  # only release frames (never sent here: the pool's end does not lend)
             kind, seq, aux, body, buffers = frame
             # An array the caller made with swarm.empty arrives as shared
             # memory; the engine ships bytes (it copies them anyway).

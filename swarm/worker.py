@@ -320,7 +320,8 @@ class _Worker:
                         raise
                     continue
                 stalled_since = 0.0
-                assert frame is not None  # blocking channel: a frame or an exception
+                if frame is None:
+                    continue  # release frames only (handled by the channel)
                 self._handle(chan, *frame)
                 # Let go of the task's buffers now, not when the next frame
                 # comes: shared arrays and their fds are released at once.
@@ -374,7 +375,8 @@ class _Worker:
         try:
             while True:
                 frame = chan.read_frame()
-                assert frame is not None  # blocking channel: a frame or an exception
+                if frame is None:
+                    return True  # release frames only, nothing more buffered
                 self._handle(chan, *frame)
                 # Every result leaves at once: holding it for the next task's
                 # result would delay it by that task's whole run time.

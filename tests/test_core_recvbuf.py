@@ -17,7 +17,7 @@ from swarm._core.sock import Channel
 @pytest.fixture
 def pair():
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    left, right = Channel(a.detach()), Channel(b.detach())
+    left, right = Channel(a.detach(), shm_threshold=0), Channel(b.detach(), shm_threshold=0)
     yield left, right
     left.close()
     right.close()
@@ -58,7 +58,7 @@ from swarm._core.recvbuf import RECV_MIN, cached_bytes
 from swarm._core.sock import Channel
 
 a, b = socket.socketpair()
-left, right = Channel(a.detach()), Channel(b.detach())
+left, right = Channel(a.detach(), shm_threshold=0), Channel(b.detach(), shm_threshold=0)
 
 def receive(array):
     t = threading.Thread(target=left.send, args=(KIND_RESULT, 0, 0, array))
@@ -101,7 +101,7 @@ def test_the_cache_never_holds_more_than_its_bound(cache):
         from swarm._core.sock import Channel
         assert RECV_CACHE_BYTES == {cache}
         a, b = socket.socketpair()
-        left, right = Channel(a.detach()), Channel(b.detach())
+        left, right = Channel(a.detach(), shm_threshold=0), Channel(b.detach(), shm_threshold=0)
         kept = []
         for i in range(6):   # 6 MiB alive at once, then all released
             t = threading.Thread(target=left.send, args=(KIND_RESULT, i, 0, np.ones(RECV_MIN // 8)))

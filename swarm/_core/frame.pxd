@@ -23,6 +23,11 @@
 # file descriptors in order, and every fd-carried length counts toward
 # max_frame like an inline one (it bounds what a peer makes us map).
 #
+# A length with bits 63 and 62 set (FRAME_FD_BUFFER | FRAME_LENT_BUFFER) is
+# a lent fd-carried buffer: recycled memory of the sender, which it refills
+# only after the receiver sends a FRAME_RELEASE frame naming the memfd's
+# inode (aux), once per lent buffer received, when it is done with it.
+#
 # The fds of a frame arrive in one SCM_RIGHTS message attached to the
 # sendmsg that starts with the frame's first header byte, so at most
 # FRAME_MAX_FDS (the kernel's SCM_MAX_FD) buffers of a frame travel as fds;
@@ -36,7 +41,7 @@ from libc.string cimport memcpy
 
 cdef enum:
     FRAME_MAGIC = 0x4D525753      # b"SWRM" read as a little-endian u32
-    FRAME_VERSION = 1             # bumped on any incompatible layout change
+    FRAME_VERSION = 2             # bumped on any incompatible layout change
     FRAME_HEADER_SIZE = 32              # fixed part, before the buffer lengths
     FRAME_MAX_BUFFERS = 4096            # out-of-band buffers per frame; bounds the
                                   # length table (32 KiB, 64 KiB with fds) a
@@ -52,16 +57,22 @@ cdef enum FrameKind:
     FRAME_TASK = 2                # client -> worker: body is the task
     FRAME_RESULT = 3              # worker -> client: body is the result
     FRAME_ERROR = 4               # worker -> client: body describes a failure
-    FRAME_KIND_MAX = 4
+    FRAME_RELEASE = 5             # either way: a lent buffer (its memfd's inode
+                                  # in aux) is free again; no body, no buffers.
+                                  # Handled inside Channel, never returned.
+    FRAME_KIND_MAX = 5
 
 
 cdef extern from *:
     """
     #define SWARM_FRAME_FD_BUFFER (((uint64_t)1) << 63)
+    #define SWARM_FRAME_LENT_BUFFER (((uint64_t)1) << 62)
     """
     # Bit 63 of a buffer length in a FRAME_FLAG_FDS frame: carried by an fd
     # (an enum cannot hold it: enums are C ints).
     const uint64_t FRAME_FD_BUFFER "SWARM_FRAME_FD_BUFFER"
+    # Bit 62, only with bit 63: the buffer is lent (see above).
+    const uint64_t FRAME_LENT_BUFFER "SWARM_FRAME_LENT_BUFFER"
 
 
 cdef struct FrameHeader:

@@ -11,12 +11,14 @@ MAX_BUFFERS: int
 MAX_FDS: int
 FLAG_FDS: int
 FD_BUFFER: int
+LENT_BUFFER: int
 DEFAULT_MAX_FRAME: int
 
 KIND_INIT: int
 KIND_TASK: int
 KIND_RESULT: int
 KIND_ERROR: int
+KIND_RELEASE: int
 
 def pack_header(
     kind: int,

@@ -8,8 +8,9 @@ well-formed or deliberately malformed frames:
 - ``unpack_header(data, max_frame=DEFAULT_MAX_FRAME) -> (kind, task_id, aux, body_len, nbufs)``
 - ``kind_name(kind) -> str``
 - constants ``HEADER_SIZE``, ``MAGIC``, ``VERSION``, ``MAX_BUFFERS``,
-  ``MAX_FDS``, ``FLAG_FDS``, ``FD_BUFFER``, ``DEFAULT_MAX_FRAME`` and the
-  kinds ``KIND_INIT``, ``KIND_TASK``, ``KIND_RESULT``, ``KIND_ERROR``.
+  ``MAX_FDS``, ``FLAG_FDS``, ``FD_BUFFER``, ``LENT_BUFFER``,
+  ``DEFAULT_MAX_FRAME`` and the kinds ``KIND_INIT``, ``KIND_TASK``,
+  ``KIND_RESULT``, ``KIND_ERROR``, ``KIND_RELEASE``.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
@@ -24,6 +25,7 @@ MAX_BUFFERS = FRAME_MAX_BUFFERS
 MAX_FDS = FRAME_MAX_FDS
 FLAG_FDS = FRAME_FLAG_FDS
 FD_BUFFER = FRAME_FD_BUFFER
+LENT_BUFFER = FRAME_LENT_BUFFER
 # Largest frame accepted by default, header and buffers included: large
 # enough for a 1 GiB array, small enough that a corrupt length cannot make a
 # reader allocate without bound. Override per Socket/worker with max_frame=.
@@ -33,9 +35,10 @@ KIND_INIT = FRAME_INIT
 KIND_TASK = FRAME_TASK
 KIND_RESULT = FRAME_RESULT
 KIND_ERROR = FRAME_ERROR
+KIND_RELEASE = FRAME_RELEASE
 
 _KIND_NAMES = {FRAME_INIT: "init", FRAME_TASK: "task",
-               FRAME_RESULT: "result", FRAME_ERROR: "error"}
+               FRAME_RESULT: "result", FRAME_ERROR: "error", FRAME_RELEASE: "release"}
 
 
 cdef int header_check(const FrameHeader *h, uint64_t max_frame) except -1:

@@ -95,6 +95,8 @@ cdef extern from "<sys/stat.h>" nogil:
     struct struct_stat "stat":
         off_t st_size
         unsigned int st_mode
+        unsigned long st_ino
+        unsigned long st_dev
     int fstat(int fd, struct_stat *buf)
     bint S_ISREG(unsigned int mode)
 

@@ -5,8 +5,8 @@
 # reference to the SharedBuffer, so __dealloc__ -- munmap, then close the
 # fd -- runs only once the last of them is gone. Nothing else frees it.
 #
-# sock.pyx uses the three cdef functions below: shared_copy to copy a large
-# out-of-band buffer into shared memory, shared_owner to find the
+# sock.pyx uses the cdef functions below: lend_copy to copy a large
+# out-of-band buffer into recycled shared memory, shared_owner to find the
 # SharedBuffer an outgoing buffer already lives in (no copy), and
 # shared_from_fd to map a memfd received with SCM_RIGHTS.
 
@@ -19,28 +19,72 @@ cdef class SharedBuffer:
     cdef bint _counts_fd          # _fd is counted in the process-wide budget
     cdef char *_base              # start of the mapping (page aligned), or NULL
     cdef Py_ssize_t _map_len      # bytes mapped at _base (>= 1); 0: not mapped
-                                  # (a copy made only to send its fd)
+                                  # here (a view of a Lent's mapping)
     cdef char *_addr              # first exported byte, _base + a page offset
     cdef Py_ssize_t _size         # exported bytes, from _addr
     cdef uint64_t _file_off       # offset of _addr in the memfd
     cdef Py_ssize_t _exports      # live buffer exports (views, arrays)
     cdef Py_ssize_t _itemsize     # 1: strides[0] of the exported view
+    cdef uint64_t _ino            # the memfd's inode (set when it is lent or
+                                  # borrowed; 0 otherwise)
+    cdef object _lender           # borrowed: the release list of the Channel
+                                  # it came from (its inode is appended there
+                                  # when this buffer goes); None otherwise
+    cdef object _lent             # a view of this process's own lent memory
+                                  # that came back from a peer: that Lent
+                                  # (not mapped here: _base is NULL); or None
     cdef int _create(self, Py_ssize_t size) except -1
     cdef int _map(self, uint64_t offset, uint64_t length, bint populate) except -1
 
 
-# A fresh sealed memfd holding a copy of src[:size], not mapped in this
-# process: it exists to send its fd (exporting it raises BufferError).
-cdef SharedBuffer shared_copy(const char *src, Py_ssize_t size)
+# Lending: recycled shared memory for ordinary arrays (see shm.pyx's module
+# doc). A Lent is one memfd of this process, mapped here, that frames carry
+# to peers; `holds` counts who may still read it (one per fd sent to a peer
+# that has not released it yet, one per view of it that came back). At 0 it
+# is refilled by the next lend_copy, or unmapped if `abandoned`.
+cdef class Lent:
+    cdef SharedBuffer sb          # the whole memfd, mapped here, never exported
+    cdef uint64_t ino
+    cdef Py_ssize_t cap           # bytes of the memfd (a multiple of LEND_CLASS)
+    cdef Py_ssize_t holds
+    cdef bint abandoned           # a peer that held it went away: never reused
+
+
+# A Lent holding a copy of src[:size], with holds == 1 (the caller's); None
+# when the process already has LEND_MAX of them and none is free.
+cdef Lent lend_copy(const char *src, Py_ssize_t size)
+
+# Drops one hold; at 0 the memory is free for the next lend_copy.
+cdef int lent_release(Lent lent) except -1
+
+# Drops `count` holds of a peer that went away without releasing them; the
+# memory is never reused (the peer may still map it), only unmapped at 0.
+cdef int lent_abandon(Lent lent, Py_ssize_t count) except -1
+
+# The Lent of this process with that inode, or None.
+cdef Lent lent_find(uint64_t ino)
+
+# Channels that lend count themselves in and out; when none is left, the
+# free Lents are unmapped (a process that stopped sending keeps no memory).
+cdef void lend_user_add() noexcept
+cdef int lend_user_remove() except -1
+
 
 # Maps bytes [offset, offset + length) of a received fd, which it owns from
 # the call on (closed on any error). Raises ProtocolError when the fd is not
 # a memfd sealed against shrinking or is smaller than offset + length.
 # keep_fd: keep the fd open (so that the buffer can be sent on without a
 # copy) if the process-wide budget allows; otherwise it is closed at once.
-cdef SharedBuffer shared_from_fd(int fd, uint64_t offset, uint64_t length, bint keep_fd)
+#
+# lender: None for a plain fd; for a lent one (the sender wants it back),
+# the receiving Channel's release list, which gets the memfd's inode when
+# the buffer goes. A plain fd whose memfd is one of this process's own
+# Lents (an array that went to a peer and came back) is not mapped again:
+# the buffer is a view of the Lent's mapping, holding it.
+cdef SharedBuffer shared_from_fd(int fd, uint64_t offset, uint64_t length, bint keep_fd,
+                                 object lender)
 
-# The SharedBuffer, holding its fd, whose exported bytes contain all the
+# The SharedBuffer, holding its fd (or a view of a Lent), whose exported bytes contain all the
 # bytes of `view` (a contiguous buffer, e.g. PickleBuffer.raw()), found by
 # walking memoryview.obj / .base from view; None if there is none. On
 # success *file_off is the offset of view's first byte in the memfd.

@@ -3,9 +3,19 @@
 from typing_extensions import Self
 
 KEEP_FDS_MAX: int
+LEND_CLASS: int
+LEND_MAX: int
+LEND_CACHE_BYTES: int
+
+def lent_stats() -> tuple[int, int, int]:
+    """``(lents, free lents, free bytes)`` of this process now."""
 
 def kept_fds() -> int:
     """SharedBuffers of this process that hold their fd open now."""
+
+class Lent:
+    """One memfd of this process lent to peers; made by Channel.push only."""
+    def __repr__(self) -> str: ...
 
 class SharedBuffer:
     """A sealed memfd mapped read-write; exports the buffer protocol."""

@@ -74,11 +74,21 @@ cdef class Channel:
                                   # None once sent
     cdef Py_ssize_t _fd_i         # first of _fd_frames not sent yet
     cdef Py_ssize_t _shm_threshold  # buffers this large or larger are copied
-                                  # into shared memory; 0: never
+                                  # into shared memory (lent); 0: never
+    cdef bint _lends              # counted in shm.lend_user_add (threshold > 0)
+    cdef dict _holds              # Lent -> fds of it sent on this channel and
+                                  # not released by the peer yet
+    cdef list _releases           # inodes of buffers the peer lent us that are
+                                  # gone (appended by SharedBuffer.__dealloc__,
+                                  # from any thread); sent by flush()
 
     cpdef push(self, int kind, uint64_t task_id, uint64_t aux, object obj)
     cpdef bint flush(self) except -1
     cpdef object read_frame(self)
+    cdef object _read_one(self)
+    cdef int _on_release(self, tuple frame) except -1
+    cdef int _queue_releases(self) except -1
+    cdef int _drop_lends(self) except -1
     cdef Py_ssize_t _recv(self, char *dst, Py_ssize_t n) except -2
     cdef int _take_fds(self, msghdr *msg, Py_ssize_t r) except -1
     cdef int _check_fds(self, uint64_t start, Py_ssize_t nfds) except -1

@@ -38,7 +38,10 @@ class Channel:
     def max_frame(self) -> int: ...
     @property
     def shm_threshold(self) -> int:
-        """Out-of-band buffers this large or larger travel as memfds; 0: never."""
+        """Out-of-band buffers this large or larger travel as lent memfds; 0: never."""
+    @property
+    def lent_out(self) -> int:
+        """Fds of this process's lent memory that the peer holds now."""
     @property
     def queued_fds(self) -> int:
         """Received file descriptors that no frame has taken yet."""

@@ -13,8 +13,12 @@ Python-visible surface:
     - it lives in swarm shared memory (a ``SharedBuffer``, e.g. an array
       from ``swarm.empty``): its memfd is passed with ``SCM_RIGHTS``, no
       byte is copied, and the receiver maps the same memory;
-    - it has at least ``shm_threshold`` bytes: it is copied once into a new
-      SharedBuffer, whose memfd is passed the same way;
+    - it has at least ``shm_threshold`` bytes: it is copied once into
+      recycled shared memory of this process (a Lent, see shm.pyx), whose
+      memfd is passed the same way, marked lent; the peer's Channel sends a
+      release frame when its last view of it is gone, and the memory is
+      refilled for a later array (past ``shm.LEND_MAX`` Lents it goes
+      inline instead);
     - otherwise it is queued as a view of its own memory, and nothing is
       copied until the kernel copies it.
 
@@ -29,10 +33,11 @@ Python-visible surface:
 ``Channel.read_frame() -> (kind, task_id, aux, body, buffers) | None``
     One complete frame. ``body`` is the pickle stream (bytes), ``buffers`` a
     list of writable buffers the frame's arrays are to be rebuilt over
-    (``pickle.loads(body, buffers=buffers)``): a bytearray for each buffer
-    that came inline, a SharedBuffer (the received memfd, mapped) for each
-    one that came as an fd. None: a non-blocking channel
-    has no complete frame yet. Raises ``PeerClosed`` at a clean end of
+    (``pickle.loads(body, buffers=buffers)``): a bytearray (or RecvBuffer)
+    for each buffer that came inline, a SharedBuffer (the received memfd,
+    mapped) for each one that came as an fd. None: a non-blocking channel
+    has no complete frame yet, or a blocking one read only release frames
+    (handled here) and has no further byte buffered. Raises ``PeerClosed`` at a clean end of
     stream, ``ProtocolError`` for a malformed frame and ``TruncatedFrame``
     (both a ProtocolError and a PeerClosed) for one cut off by the peer's
     close (the channel is then unusable), ``TimeoutError`` when a blocking channel's
@@ -42,7 +47,8 @@ Python-visible surface:
 ``fileno()``, ``close()``, ``closed``, ``buffered`` (received bytes not yet
 consumed), ``in_frame`` (part of a frame received, the rest not yet),
 ``pending`` (True while queued bytes are not yet written), ``queued_fds``
-(received fds no frame has taken yet), ``shm_threshold``.
+(received fds no frame has taken yet), ``shm_threshold``, ``lent_out``
+(fds of lent memory the peer has not released yet).
 ``SHM_THRESHOLD``
     The default ``shm_threshold``, in bytes (see its comment for the
     measurement); the environment variable ``SWARM_SHM_THRESHOLD``
@@ -76,8 +82,10 @@ from swarm._core.recvbuf cimport RecvBuffer, recv_buffer, RECV_SIZE_CLASS
 from swarm._core.frame cimport (
     FrameHeader, header_read, header_write, header_check, header_entry_size,
     FRAME_HEADER_SIZE, FRAME_MAX_BUFFERS, FRAME_MAX_FDS, FRAME_MAGIC,
-    FRAME_VERSION, FRAME_FLAG_FDS, FRAME_FD_BUFFER)
-from swarm._core.shm cimport SharedBuffer, shared_copy, shared_from_fd, shared_owner
+    FRAME_VERSION, FRAME_FLAG_FDS, FRAME_FD_BUFFER, FRAME_LENT_BUFFER, FRAME_RELEASE)
+from swarm._core.shm cimport (
+    SharedBuffer, Lent, lend_copy, lent_release, lent_abandon, lent_find, lend_user_add,
+    lend_user_remove, shared_from_fd, shared_owner)
 
 import os
 import pickle
@@ -87,21 +95,16 @@ from swarm._core.frame import DEFAULT_MAX_FRAME
 
 cdef object _dumps = pickle.dumps
 
-# Out-of-band buffers of at least this many bytes are copied once into a
-# memfd and passed as an fd; smaller ones are gathered into the sendmsg.
-# (Arrays already in shared memory always go as fds, whatever their size.)
-# Measured with bench/shm_threshold.py (one-way transfer to a worker via
-# Socket.do_task, median of 9, --pin split, a 2-CPU VM): the copy path lost
-# to the inline path at every size up to 16 MiB (inline / memfd 0.27-0.59:
-# 8 MiB 2.9 ms inline vs 8.0 ms memfd), because every copy lands in freshly
-# allocated shmem pages (~3 us per 4 KiB page there) while the inline
-# receiver reuses malloc'd memory. From 32 MiB up both paths pay for fresh
-# pages and are even within noise (0.92, 0.95, 1.06, 0.92 at 32, 64, 128,
-# 256 MiB). So the copy path is kept for sizes where it costs nothing,
-# where it spares the socket a huge stream and the receiver a huge
-# malloc; the zero-copy path (swarm.empty) is the one that pays off: 4-5x
-# faster than inline at 64 MiB.
-SHM_THRESHOLD = int(os.environ.get("SWARM_SHM_THRESHOLD", 64 << 20))
+# Out-of-band buffers of at least this many bytes are copied once into
+# recycled shared memory (a Lent, shm.pyx) and passed as an fd; smaller ones
+# are gathered into the sendmsg. (Arrays already in shared memory always go
+# as fds, whatever their size.) History: with a fresh memfd per buffer,
+# copying lost to the inline path at every size up to 16 MiB
+# (bench/shm_threshold.py: 8 MiB 2.9 ms inline vs 8.0 ms memfd), because
+# every copy landed in new shmem pages, so the threshold was 64 MiB. A Lent
+# is refilled in pages that are already faulted in, and the receiver maps
+# those same pages; measured again with Lents, see the README.
+SHM_THRESHOLD = int(os.environ.get("SWARM_SHM_THRESHOLD", 1 << 20))
 if SHM_THRESHOLD < 0:
     raise ValueError(f"SWARM_SHM_THRESHOLD must be >= 0, got {SHM_THRESHOLD}")
 # Shared by every frame without out-of-band buffers (never mutated), so the
@@ -150,6 +153,11 @@ cdef class Channel:
         if shm_threshold < 0:
             raise ValueError(f"shm_threshold must be >= 0, got {shm_threshold}")
         self._shm_threshold = shm_threshold
+        self._holds = {}
+        self._releases = []
+        if shm_threshold > 0:
+            lend_user_add()
+            self._lends = True
         self._fd_frames = []
         self._fd_i = 0
         self._fill = _NO_BUFFERS
@@ -172,6 +180,10 @@ cdef class Channel:
         if self._fd >= 0:
             close(self._fd)
             self._fd = -1
+        try:
+            self._drop_lends()
+        except Exception:
+            pass
         if self._rfds != NULL:
             self._close_fds()
             free(self._rfds)
@@ -197,8 +209,28 @@ cdef class Channel:
         self._body = None
         self._bufs = self._fill = _NO_BUFFERS
         self._close_fds()
+        self._drop_lends()
         if fd >= 0:
             os.close(fd)
+
+    cdef int _drop_lends(self) except -1:
+        # The peer can no longer release what it holds, and may still map
+        # it: those Lents are never refilled (shm.pyx). Buffers it lent us
+        # that go from now on append to a list nobody reads.
+        cdef dict holds = self._holds
+        self._holds = {}
+        self._releases = []
+        for lent, count in holds.items():
+            lent_abandon(<Lent>lent, <Py_ssize_t>count)
+        if self._lends:
+            self._lends = False
+            lend_user_remove()
+        return 0
+
+    @property
+    def lent_out(self):
+        """Fds of this process's lent memory that the peer holds now."""
+        return sum(self._holds.values())
 
     @property
     def closed(self):
@@ -243,11 +275,12 @@ cdef class Channel:
 
     cpdef push(self, int kind, uint64_t task_id, uint64_t aux, object obj):
         cdef list pickled = self._pickled_bufs
-        cdef list raws, shared = None, offsets = None
+        cdef list raws, shared = None, offsets = None, carried, copied = None
         cdef Py_ssize_t n, i, entry, nfds = 0, ncopy = 0
         cdef uint64_t total, length, offset
         cdef FrameHeader h
         cdef SharedBuffer sb
+        cdef Lent lent
         cdef Py_buffer src
         if self._fd < 0:
             raise ValueError("channel is closed")
@@ -261,9 +294,9 @@ cdef class Channel:
         finally:
             pickled.clear()
         # Where each buffer goes (module doc): shared[i] is the SharedBuffer
-        # whose fd carries buffer i, True for one still to be copied into
-        # shared memory, None for an inline buffer. Decided before anything
-        # is copied, so that an oversize frame costs no copy.
+        # whose fd carries buffer i, the Lent that carries it, True for one
+        # still to be copied into a Lent, None for an inline buffer. Decided
+        # before anything is copied, so that an oversize frame costs no copy.
         total = len(body)
         for i in range(n):
             raw = raws[i]
@@ -274,36 +307,62 @@ cdef class Channel:
                 # frame's fds would not fit one SCM_RIGHTS message.
                 continue
             sb = shared_owner(raw, &offset)
-            if sb is None and (self._shm_threshold == 0 or length < <uint64_t>self._shm_threshold):
+            if sb is not None:
+                if sb._lent is not None:
+                    # Our own lent memory, come back: lend it again as is.
+                    # (A channel that does not lend sends it inline.)
+                    x = sb._lent if self._lends else None
+                elif sb._lender is not None and sb._lender is not self._releases:
+                    # Lent to us by another peer, which could not know when
+                    # this one is done with it: copied, like any array.
+                    x = True if self._lends and length >= <uint64_t>self._shm_threshold else None
+                else:
+                    x = sb    # ours to pass on, or back to the peer that lent it
+            elif self._lends and length >= <uint64_t>self._shm_threshold:
+                x = True
+            else:
+                continue
+            if x is None:
                 continue
             if shared is None:
                 shared = [None] * n
                 offsets = [0] * n
-            if sb is None:
-                shared[i] = True
+            shared[i] = x
+            if x is True:
                 ncopy += 1
             else:
-                shared[i] = sb
                 offsets[i] = offset
             nfds += 1
         entry = header_entry_size(FRAME_FLAG_FDS if nfds else 0)
-        total += FRAME_HEADER_SIZE + entry * n
-        if total > self._max_frame or len(body) > 0xFFFFFFFF:
+        if total + FRAME_HEADER_SIZE + entry * n > self._max_frame or len(body) > 0xFFFFFFFF:
             raise ProtocolError(
-                f"frame of {total} bytes is over the frame limit of {self._max_frame} bytes")
-        for i in range(n if ncopy else 0):
-            if shared[i] is not True:
-                continue
-            # The one copy of the shared-memory path: the caller's array is
-            # not in shared memory, and the receiver can only map a memfd.
-            # Made now, like the pickle stream, so that the frame is a
-            # snapshot of obj whatever the caller does with it after push.
-            PyObject_GetBuffer(raws[i], &src, PyBUF_SIMPLE)
-            try:
-                sb = shared_copy(<const char *>src.buf, src.len)
-            finally:
-                PyBuffer_Release(&src)
-            shared[i] = sb
+                f"frame of {total + FRAME_HEADER_SIZE + entry * n} bytes is over the "
+                f"frame limit of {self._max_frame} bytes")
+        try:
+            for i in range(n if ncopy else 0):
+                if shared[i] is not True:
+                    continue
+                # The one copy of the shared-memory path, into recycled
+                # memory (shm.pyx). Made now, like the pickle stream, so
+                # that the frame is a snapshot of obj whatever the caller
+                # does with it after push.
+                PyObject_GetBuffer(raws[i], &src, PyBUF_SIMPLE)
+                try:
+                    shared[i] = lend_copy(<const char *>src.buf, src.len)
+                finally:
+                    PyBuffer_Release(&src)
+                if shared[i] is None:  # no Lent to be had: inline after all
+                    nfds -= 1
+                else:
+                    if copied is None:
+                        copied = []
+                    copied.append(i)
+        except BaseException:
+            for i in copied or ():  # copies made before the failure
+                lent_release(<Lent>shared[i])
+            raise
+        entry = header_entry_size(FRAME_FLAG_FDS if nfds else 0)
+        total += FRAME_HEADER_SIZE + entry * n
         h.magic = FRAME_MAGIC
         h.version = FRAME_VERSION
         h.kind = kind
@@ -315,19 +374,28 @@ cdef class Channel:
         header = PyBytes_FromStringAndSize(NULL, FRAME_HEADER_SIZE + entry * n)
         cdef char *p = PyBytes_AS_STRING(header)
         header_write(p, &h)
+        carried = [] if nfds else None
         for i in range(n):
             length = len(<object>raws[i])
+            offset = 0
             if nfds and shared[i] is not None:
-                length |= FRAME_FD_BUFFER
+                x = shared[i]
                 offset = offsets[i]
-            else:
-                offset = 0
+                length |= FRAME_FD_BUFFER
+                if type(x) is Lent:
+                    lent = <Lent>x
+                    if copied is None or i not in copied:
+                        lent.holds += 1   # lent again (a copy came with its hold)
+                    length |= FRAME_LENT_BUFFER
+                    self._holds[lent] = self._holds.get(lent, 0) + 1
+                    carried.append(lent.sb)
+                else:
+                    carried.append(x)
             memcpy(p + FRAME_HEADER_SIZE + entry * i, &length, 8)
             if nfds:
                 memcpy(p + FRAME_HEADER_SIZE + entry * i + 8, &offset, 8)
         if nfds:
-            self._fd_frames.append(
-                (len(self._segs), tuple([x for x in shared if x is not None])))
+            self._fd_frames.append((len(self._segs), tuple(carried)))
         self._segs.append(header)
         self._segs.append(body)
         if nfds:
@@ -343,15 +411,19 @@ cdef class Channel:
         cdef msghdr msg
         cdef cmsghdr *cmsg
         cdef int *cfds
-        cdef list segs = self._segs
+        cdef list segs
         cdef list fd_frames = self._fd_frames
         cdef tuple carried
-        cdef Py_ssize_t nsegs = len(segs), k, j, got, limit, ncarry
+        cdef Py_ssize_t nsegs, k, j, got, limit, ncarry
         cdef ssize_t sent
         cdef int err, flags = MSG_NOSIGNAL
         cdef Py_ssize_t left
         if not self._blocking:
             flags |= MSG_DONTWAIT
+        if self._releases and self._fd >= 0:
+            self._queue_releases()
+        segs = self._segs
+        nsegs = len(segs)
         while self._seg_i < nsegs:
             if self._fd < 0:
                 raise ValueError("channel is closed")
@@ -446,6 +518,24 @@ cdef class Channel:
         self._seg_i = 0
         self._seg_off = 0
         return True
+
+    cdef int _queue_releases(self) except -1:
+        # One header-only frame per lent buffer gone, naming its inode.
+        cdef list releases = self._releases
+        cdef FrameHeader h
+        h.magic = FRAME_MAGIC
+        h.version = FRAME_VERSION
+        h.kind = FRAME_RELEASE
+        h.flags = 0
+        h.nbufs = 0
+        h.body_len = 0
+        h.task_id = 0
+        while releases:
+            h.aux = releases.pop()  # (list.pop is atomic: appends may race it)
+            header = PyBytes_FromStringAndSize(NULL, FRAME_HEADER_SIZE)
+            header_write(PyBytes_AS_STRING(header), &h)
+            self._segs.append(header)
+        return 0
 
     def send(self, int kind, uint64_t task_id, uint64_t aux, object obj):
         """Queue one frame and write everything queued (see module doc)."""
@@ -590,6 +680,41 @@ cdef class Channel:
         self._rfd_head = self._rfd_tail = self._rb_n = 0
 
     cpdef object read_frame(self):
+        # Release frames are handled here; a blocking channel returns None
+        # after one when no further byte is buffered (its caller polled for
+        # a frame, and must not block for one that may never come).
+        while True:
+            frame = self._read_one()
+            if frame is None or (<tuple>frame)[0] != FRAME_RELEASE:
+                return frame
+            try:
+                self._on_release(<tuple>frame)
+            except ProtocolError:
+                self._broken = True
+                self._close_fds()
+                raise
+            if self._blocking and self._rend == self._rpos:
+                return None
+
+    cdef int _on_release(self, tuple frame) except -1:
+        cdef uint64_t ino = frame[2]
+        cdef Lent lent
+        if frame[3] or frame[4]:
+            raise ProtocolError("a release frame carries a body or buffers")
+        lent = lent_find(ino)
+        count = self._holds.get(lent) if lent is not None else None
+        if not count:
+            raise ProtocolError(
+                f"the peer released a buffer (memfd inode {ino}) that this side did "
+                "not lend it")
+        if count == 1:
+            del self._holds[lent]
+        else:
+            self._holds[lent] = count - 1
+        lent_release(lent)
+        return 0
+
+    cdef object _read_one(self):
         cdef Py_ssize_t need, r
         cdef bint parsed
         if self._broken:
@@ -665,7 +790,7 @@ cdef class Channel:
         for i in range(n):
             memcpy(&length, table + entry * i, 8)
             if has_fds and length & FRAME_FD_BUFFER:
-                length &= ~FRAME_FD_BUFFER
+                length &= ~(FRAME_FD_BUFFER | FRAME_LENT_BUFFER)
                 nfds += 1
             if length > self._max_frame or total + length > self._max_frame:
                 raise ProtocolError(   # the sum in Python ints: it may exceed 64 bits
@@ -692,8 +817,9 @@ cdef class Channel:
             if has_fds and length & FRAME_FD_BUFFER:
                 memcpy(&offset, table + entry * i + 8, 8)
                 # The fd is the SharedBuffer's from here (closed on error).
-                bufs.append(shared_from_fd(self._pop_fd(), offset,
-                                           length & ~FRAME_FD_BUFFER, True))
+                bufs.append(shared_from_fd(
+                    self._pop_fd(), offset, length & ~(FRAME_FD_BUFFER | FRAME_LENT_BUFFER),
+                    True, self._releases if length & FRAME_LENT_BUFFER else None))
             else:
                 if length >= RECV_SIZE_CLASS:  # warm, recycled memory (see recvbuf)
                     buf = recv_buffer(<Py_ssize_t>length)
