@@ -1019,6 +1019,13 @@ class Pool:
         requestor._attach(self)
         self._post(("attach", requestor))
 
+    def _releases_waiting(self) -> None:
+        # Called from any thread, in a SharedBuffer's __dealloc__.
+        try:
+            self._post(("releases",))
+        except PoolClosed:
+            pass  # the channels close with the pool: nothing to release to
+
     def _post(self, command: Tuple[Any, ...]) -> None:
         """Hand a command to the I/O thread and wake it."""
         if self._closed or (self._closing and command[0] != "stop"):
@@ -1115,6 +1122,10 @@ class Pool:
         # into shared memory would only add a copy on the way to the engine.
         if self._backend.is_local:
             worker.chan = Channel(fd, blocking=False, max_frame=self.max_frame)
+            # Results of 1 MiB or more are the worker's lent memory: when the
+            # caller drops one, the release goes now, not with the next task
+            # (an idle worker would hold the memory until then).
+            worker.chan.set_release_waker(self._releases_waiting)
         else:
             worker.chan = Channel(fd, blocking=False, max_frame=self.max_frame,
                                   shm_threshold=0)
@@ -1257,6 +1268,11 @@ class Pool:
                         self._fail(requestor, first + i, requestor._init_error)
                 else:
                     self._queue.extend(requestor._lane, first, tasks)
+            elif kind == "releases":
+                for worker in self._workers.values():
+                    if worker.chan is not None and worker.chan.releases_waiting \
+                            and not worker.is_dead:
+                        self._flush(worker)
             elif kind == "attach":
                 self._on_attach(command[1])
             elif kind == "stop":

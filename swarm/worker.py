@@ -378,6 +378,7 @@ class _Worker:
                 if frame is None:
                     return True  # release frames only, nothing more buffered
                 self._handle(chan, *frame)
+                frame = None  # the task's buffers go now: their releases leave below
                 # Every result leaves at once: holding it for the next task's
                 # result would delay it by that task's whole run time.
                 chan.flush()

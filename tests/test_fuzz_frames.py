@@ -154,7 +154,7 @@ def model_decode(data, max_frame: int = MAX_FRAME) -> Expect:
             return done("error", re.escape(f"bad frame magic 0x{magic:08x} "))
         if version != frame.VERSION:
             return done("error", re.escape(f"unsupported frame version {version} "))
-        if not 1 <= kind <= len(KINDS):
+        if not 1 <= kind <= frame.KIND_RELEASE:
             return done("error", re.escape(f"unknown frame kind {kind}") + "$")
         if flags & ~frame.FLAG_FDS:
             return done("error", re.escape(f"reserved frame flags set: 0x{flags:04x}"))
@@ -177,7 +177,7 @@ def model_decode(data, max_frame: int = MAX_FRAME) -> Expect:
         else:
             raw_lengths, offsets = table[0::2], table[1::2]
         carried = [entry == 16 and bool(raw & frame.FD_BUFFER) for raw in raw_lengths]
-        lengths = tuple(raw & ~frame.FD_BUFFER if fd else raw
+        lengths = tuple(raw & ~(frame.FD_BUFFER | frame.LENT_BUFFER) if fd else raw
                         for raw, fd in zip(raw_lengths, carried))
         total = need + body_len
         for length in lengths:
@@ -215,6 +215,13 @@ def model_decode(data, max_frame: int = MAX_FRAME) -> Expect:
         for length in lengths:
             bufs.append(data[p:p + length])
             p += length
+        if kind == frame.KIND_RELEASE:
+            # Handled inside the reader, never returned: this stream lent
+            # nothing, so any release is refused once the frame is whole.
+            if body_len or nbufs:
+                return done("error", re.escape("a release frame carries a body or buffers"))
+            return done("error", re.escape(
+                f"the peer released a buffer (memfd inode {aux}) that this side did not lend"))
         frames.append((kind, task_id, aux, body, bufs))
         ends.append(p)
         pos = p

@@ -13,6 +13,16 @@
 from libc.stdint cimport uint64_t
 
 
+# Where a Channel collects the inodes of lent buffers that are gone, from
+# any thread (SharedBuffer.__dealloc__); the Channel's flush sends them.
+# waker, if set, is called when the sink goes from empty to not empty (a
+# pool's I/O thread sleeps in poll and must be told to flush).
+cdef class ReleaseSink:
+    cdef list inos
+    cdef object waker
+    cdef void add(self, uint64_t ino) noexcept
+
+
 cdef class SharedBuffer:
     cdef int _fd                  # the memfd, or -1: closed after mapping
                                   # (a received buffer over the fd budget)
@@ -27,8 +37,8 @@ cdef class SharedBuffer:
     cdef Py_ssize_t _itemsize     # 1: strides[0] of the exported view
     cdef uint64_t _ino            # the memfd's inode (set when it is lent or
                                   # borrowed; 0 otherwise)
-    cdef object _lender           # borrowed: the release list of the Channel
-                                  # it came from (its inode is appended there
+    cdef ReleaseSink _lender      # borrowed: the release sink of the Channel
+                                  # it came from (its inode is added there
                                   # when this buffer goes); None otherwise
     cdef object _lent             # a view of this process's own lent memory
                                   # that came back from a peer: that Lent
@@ -77,12 +87,16 @@ cdef int lend_user_remove() except -1
 # copy) if the process-wide budget allows; otherwise it is closed at once.
 #
 # lender: None for a plain fd; for a lent one (the sender wants it back),
-# the receiving Channel's release list, which gets the memfd's inode when
+# the receiving Channel's release sink, which gets the memfd's inode when
 # the buffer goes. A plain fd whose memfd is one of this process's own
 # Lents (an array that went to a peer and came back) is not mapped again:
 # the buffer is a view of the Lent's mapping, holding it.
+#
+# holds: the receiving Channel's Lent -> count map. Our own Lent may only
+# come back from a peer that holds it (else a misbehaving peer could make
+# us view memory we refill): ProtocolError otherwise.
 cdef SharedBuffer shared_from_fd(int fd, uint64_t offset, uint64_t length, bint keep_fd,
-                                 object lender)
+                                 ReleaseSink lender, dict holds)
 
 # The SharedBuffer, holding its fd (or a view of a Lent), whose exported bytes contain all the
 # bytes of `view` (a contiguous buffer, e.g. PickleBuffer.raw()), found by

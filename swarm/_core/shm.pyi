@@ -13,6 +13,10 @@ def lent_stats() -> tuple[int, int, int]:
 def kept_fds() -> int:
     """SharedBuffers of this process that hold their fd open now."""
 
+class ReleaseSink:
+    """Inodes of lent buffers that are gone, for a Channel to send back."""
+    def __len__(self) -> int: ...
+
 class Lent:
     """One memfd of this process lent to peers; made by Channel.push only."""
     def __repr__(self) -> str: ...

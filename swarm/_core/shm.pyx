@@ -224,9 +224,9 @@ cdef class SharedBuffer:
         # Runs only when no view is left: each one holds a reference.
         if self._lender is not None:
             # Borrowed: the lender may refill this memory once we are done.
-            # (Appended from whatever thread drops the last view; the
-            # Channel sends it with its next flush.)
-            self._lender.append(self._ino)
+            # (From whatever thread drops the last view; the Channel sends
+            # it with its next flush.)
+            self._lender.add(self._ino)
             self._lender = None
         if self._lent is not None:
             lent_release(<Lent>self._lent)
@@ -271,7 +271,7 @@ cdef class SharedBuffer:
                 close(fd)
                 _raise_errno(err, "fstat")
             length = st.st_size - offset if st.st_size > offset else 0
-        return shared_from_fd(fd, <uint64_t>offset, <uint64_t>length, True, None)
+        return shared_from_fd(fd, <uint64_t>offset, <uint64_t>length, True, None, None)
 
     @property
     def size(self):
@@ -295,7 +295,7 @@ cdef class SharedBuffer:
 
 
 cdef SharedBuffer shared_from_fd(int fd, uint64_t offset, uint64_t length, bint keep_fd,
-                                 object lender):
+                                 ReleaseSink lender, dict holds):
     global _kept_fds
     cdef SharedBuffer sb = SharedBuffer.__new__(SharedBuffer)
     cdef Lent own
@@ -326,7 +326,12 @@ cdef SharedBuffer shared_from_fd(int fd, uint64_t offset, uint64_t length, bint 
     else:
         own = _lents.get(st.st_ino)
         if own is not None and own.sb._fd >= 0 and _same_file(fd, own.sb._fd):
-            # Our own Lent, back from a peer: a view of our mapping.
+            # Our own Lent, back from a peer: a view of our mapping. Only a
+            # peer that holds it may send it (one that released it sends
+            # memory that may be refilled any time).
+            if holds is None or not holds.get(own):
+                raise ProtocolError(
+                    "the peer sent back lent memory that it does not hold")
             close(fd)
             sb._fd = -1
             own.holds += 1
@@ -380,6 +385,26 @@ cdef SharedBuffer shared_owner(object view, uint64_t *file_off):
     return sb
 
 
+cdef class ReleaseSink:
+    """Inodes of lent buffers that are gone, for a Channel to send back."""
+
+    def __cinit__(self):
+        self.inos = []
+        self.waker = None
+
+    cdef void add(self, uint64_t ino) noexcept:
+        # Runs in __dealloc__, in any thread: nothing may escape.
+        try:
+            self.inos.append(ino)
+            if self.waker is not None and len(self.inos) == 1:
+                self.waker()
+        except BaseException:
+            pass
+
+    def __len__(self):
+        return len(self.inos)
+
+
 cdef bint _same_file(int a, int b) noexcept:
     cdef struct_stat sa, sb
     if fstat(a, &sa) != 0 or fstat(b, &sb) != 0:
@@ -406,15 +431,13 @@ cdef Lent lend_copy(const char *src, Py_ssize_t size):
     for i in range(len(_lent_free) - 1, -1, -1):  # the warmest first
         cand = <Lent>_lent_free[i]
         if cand.cap >= cap and cand.cap // 2 <= cap:
-            lent = cand
-            del _lent_free[i]
-            _lent_free_bytes -= lent.cap
+            lent = _free_take(i)
             break
     if lent is None:
         if len(_lents) >= _lend_max:
             if not _lent_free:
                 return None
-            _lent_destroy(<Lent>_lent_free.pop(0))  # the coldest makes room
+            _lent_destroy(_free_take(0))  # the coldest makes room
         lent = Lent.__new__(Lent)
         lent.sb = SharedBuffer.__new__(SharedBuffer)
         lent.sb._create(cap)
@@ -428,6 +451,13 @@ cdef Lent lend_copy(const char *src, Py_ssize_t size):
     dst = lent.sb._addr
     with nogil:
         memcpy(dst, src, <size_t>size)
+    return lent
+
+
+cdef Lent _free_take(Py_ssize_t i):
+    global _lent_free_bytes
+    cdef Lent lent = <Lent>_lent_free.pop(i)
+    _lent_free_bytes -= lent.cap
     return lent
 
 
@@ -473,6 +503,20 @@ cdef int lend_user_remove() except -1:
     _lend_users -= 1
     if _lend_users == 0:
         while _lent_free:
-            _lent_destroy(<Lent>_lent_free.pop())
-        _lent_free_bytes = 0
+            _lent_destroy(_free_take(len(_lent_free) - 1))
     return 0
+
+
+def _forget_lents_in_child():
+    # A forked child shares the parent's Lents (MAP_SHARED): refilling one
+    # would overwrite what the parent lent. The child forgets them all;
+    # their mappings and fds go with the objects, never refilled.
+    global _lent_free_bytes
+    for lent in _lents.values():
+        (<Lent>lent).abandoned = True
+    _lents.clear()
+    _lent_free.clear()
+    _lent_free_bytes = 0
+
+
+os.register_at_fork(after_in_child=_forget_lents_in_child)

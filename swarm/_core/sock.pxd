@@ -8,6 +8,7 @@
 from libc.stdint cimport uint64_t
 from swarm._core.frame cimport FrameHeader, FRAME_MAX_FDS
 from swarm._core.posix cimport msghdr
+from swarm._core.shm cimport ReleaseSink
 
 
 cdef enum ReadStage:
@@ -78,8 +79,8 @@ cdef class Channel:
     cdef bint _lends              # counted in shm.lend_user_add (threshold > 0)
     cdef dict _holds              # Lent -> fds of it sent on this channel and
                                   # not released by the peer yet
-    cdef list _releases           # inodes of buffers the peer lent us that are
-                                  # gone (appended by SharedBuffer.__dealloc__,
+    cdef ReleaseSink _sink        # inodes of buffers the peer lent us that are
+                                  # gone (added by SharedBuffer.__dealloc__,
                                   # from any thread); sent by flush()
 
     cpdef push(self, int kind, uint64_t task_id, uint64_t aux, object obj)

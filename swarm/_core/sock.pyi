@@ -1,6 +1,6 @@
 """Type stubs for swarm._core.sock (compiled from sock.pyx)."""
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 from typing_extensions import Self
 
@@ -42,6 +42,11 @@ class Channel:
     @property
     def lent_out(self) -> int:
         """Fds of this process's lent memory that the peer holds now."""
+    @property
+    def releases_waiting(self) -> int:
+        """Buffers the peer lent us that are gone, not yet released to it."""
+    def set_release_waker(self, waker: Optional[Callable[[], None]]) -> None:
+        """``waker()`` is called, from any thread, when releases start waiting."""
     @property
     def queued_fds(self) -> int:
         """Received file descriptors that no frame has taken yet."""

@@ -84,7 +84,7 @@ from swarm._core.frame cimport (
     FRAME_HEADER_SIZE, FRAME_MAX_BUFFERS, FRAME_MAX_FDS, FRAME_MAGIC,
     FRAME_VERSION, FRAME_FLAG_FDS, FRAME_FD_BUFFER, FRAME_LENT_BUFFER, FRAME_RELEASE)
 from swarm._core.shm cimport (
-    SharedBuffer, Lent, lend_copy, lent_release, lent_abandon, lent_find, lend_user_add,
+    SharedBuffer, Lent, ReleaseSink, lend_copy, lent_release, lent_abandon, lent_find, lend_user_add,
     lend_user_remove, shared_from_fd, shared_owner)
 
 import os
@@ -154,7 +154,7 @@ cdef class Channel:
             raise ValueError(f"shm_threshold must be >= 0, got {shm_threshold}")
         self._shm_threshold = shm_threshold
         self._holds = {}
-        self._releases = []
+        self._sink = ReleaseSink()
         if shm_threshold > 0:
             lend_user_add()
             self._lends = True
@@ -219,7 +219,7 @@ cdef class Channel:
         # that go from now on append to a list nobody reads.
         cdef dict holds = self._holds
         self._holds = {}
-        self._releases = []
+        self._sink = ReleaseSink()
         for lent, count in holds.items():
             lent_abandon(<Lent>lent, <Py_ssize_t>count)
         if self._lends:
@@ -231,6 +231,16 @@ cdef class Channel:
     def lent_out(self):
         """Fds of this process's lent memory that the peer holds now."""
         return sum(self._holds.values())
+
+    @property
+    def releases_waiting(self):
+        """Buffers the peer lent us that are gone, not yet released to it."""
+        return len(self._sink.inos)
+
+    def set_release_waker(self, waker):
+        """``waker()`` is called, from any thread, when releases start
+        waiting: an owner that sleeps in poll uses it to come and flush."""
+        self._sink.waker = waker
 
     @property
     def closed(self):
@@ -312,7 +322,7 @@ cdef class Channel:
                     # Our own lent memory, come back: lend it again as is.
                     # (A channel that does not lend sends it inline.)
                     x = sb._lent if self._lends else None
-                elif sb._lender is not None and sb._lender is not self._releases:
+                elif sb._lender is not None and sb._lender is not self._sink:
                     # Lent to us by another peer, which could not know when
                     # this one is done with it: copied, like any array.
                     x = True if self._lends and length >= <uint64_t>self._shm_threshold else None
@@ -349,6 +359,8 @@ cdef class Channel:
                 PyObject_GetBuffer(raws[i], &src, PyBUF_SIMPLE)
                 try:
                     shared[i] = lend_copy(<const char *>src.buf, src.len)
+                except OSError:
+                    shared[i] = None   # no memfd or mapping to be had: inline
                 finally:
                     PyBuffer_Release(&src)
                 if shared[i] is None:  # no Lent to be had: inline after all
@@ -420,7 +432,7 @@ cdef class Channel:
         cdef Py_ssize_t left
         if not self._blocking:
             flags |= MSG_DONTWAIT
-        if self._releases and self._fd >= 0:
+        if self._sink.inos and self._fd >= 0:
             self._queue_releases()
         segs = self._segs
         nsegs = len(segs)
@@ -521,7 +533,7 @@ cdef class Channel:
 
     cdef int _queue_releases(self) except -1:
         # One header-only frame per lent buffer gone, naming its inode.
-        cdef list releases = self._releases
+        cdef list releases = self._sink.inos
         cdef FrameHeader h
         h.magic = FRAME_MAGIC
         h.version = FRAME_VERSION
@@ -819,7 +831,7 @@ cdef class Channel:
                 # The fd is the SharedBuffer's from here (closed on error).
                 bufs.append(shared_from_fd(
                     self._pop_fd(), offset, length & ~(FRAME_FD_BUFFER | FRAME_LENT_BUFFER),
-                    True, self._releases if length & FRAME_LENT_BUFFER else None))
+                    True, self._sink if length & FRAME_LENT_BUFFER else None, self._holds))
             else:
                 if length >= RECV_SIZE_CLASS:  # warm, recycled memory (see recvbuf)
                     buf = recv_buffer(<Py_ssize_t>length)
