@@ -10,7 +10,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 DEBUG = os.environ.get("SWARM_DEBUG", "") not in ("", "0")
-MODULES = ["frame", "shm", "recvbuf", "sock", "taskqueue", "reorder"]
+MODULES = ["frame", "shm", "recvbuf", "sock", "taskqueue", "reorder", "runner"]
 
 directives = {
     "language_level": 3,

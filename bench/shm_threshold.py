@@ -1,4 +1,4 @@
-"""Cost of moving a numpy array to a worker: inline vs memfd copy vs shared.
+"""Cost of moving a numpy array to a worker: inline vs lent copy vs shared.
 
 What is measured, in one run (one client thread, one request outstanding):
 
@@ -7,28 +7,29 @@ bench/_shm_worker.py, started with ``subprocess.Popen``)
   inline  both ends built with ``shm_threshold = 0``: the array is gathered
           into the socket write from its own memory and received into a
           fresh bytearray (two copies: into the kernel and out of it).
-  memfd   both ends with ``shm_threshold = 1``: the client copies the array
-          once into a new sealed memfd (pwrite) and passes the fd (SCM_RIGHTS); the
-          worker maps it (MAP_POPULATE). Includes memfd_create, ftruncate,
-          sealing, mmap and munmap on both sides.
+  lent    both ends with ``shm_threshold = 1``: the client copies the array
+          once into a Lent (a memfd of its own, mapped and recycled: see
+          swarm/_core/shm.pyx) and passes the fd (SCM_RIGHTS); the worker
+          maps it (MAP_POPULATE), unmaps it when done, and releases it. After
+          the warm-up the copies land in pages already faulted in.
   shared  the array is a ``swarm.empty`` array: its fd is passed, nothing is
           copied; the worker maps it.
 
 Workloads
   echo 8 MiB  a C-contiguous float64 array of 8 MiB sent to the worker,
-              which returns it. For memfd and shared, the worker's result is
+              which returns it. For lent and shared, the worker's result is
               the array it received, i.e. already in shared memory: it goes
               back by fd, without a copy. Median ms per round trip.
   one-way S   an array of S bytes (uint8) sent to the worker, which returns
               None: the cost of one direction, for picking the threshold
-              (the smallest S from which memfd beats inline). Median us per
-              round trip, and the ratio inline / memfd (> 1: memfd faster).
+              (the smallest S from which lent beats inline). Median us per
+              round trip, and the ratio inline / lent (> 1: lent faster).
 
 Method
   Each worker is warmed up before timing; a sample is the wall time of N
   round trips / N; repeats are interleaved across paths (bench/_harness.py)
   with the gc off; the tables show the median (and min) over the repeats.
-  The threshold line at the end names the smallest size from which memfd
+  The threshold line at the end names the smallest size from which lent
   stayed faster than inline at every larger size measured.
 
 Usage: python bench/shm_threshold.py [--quick] [--json] [--pin {none,same,split}]
@@ -92,15 +93,15 @@ def main(argv=None) -> int:
     with contextlib.ExitStack() as stack:
         placement.before_children()
         inline = start_worker(stack, 0)
-        memfd = start_worker(stack, 1)
+        lent = start_worker(stack, 1)
         placement.after_children()
 
         plain = np.arange(ECHO_BYTES // 8, dtype=np.float64)
         shared = swarm.empty(plain.shape, plain.dtype)
         shared[:] = plain
         echo_cases = {"inline": _round_trips(inline, "echo", plain),
-                      "memfd": _round_trips(memfd, "echo", plain),
-                      "shared": _round_trips(memfd, "echo", shared)}
+                      "lent": _round_trips(lent, "echo", plain),
+                      "shared": _round_trips(lent, "echo", shared)}
 
         def check(name, n, value):
             if n and not np.array_equal(value, plain):
@@ -115,16 +116,16 @@ def main(argv=None) -> int:
             s = swarm.empty(size, dtype=np.uint8)
             number = max(3, min(2000, plan["oneway_bytes"] // size))
             oneway[size] = h.measure({"inline": _round_trips(inline, "sink", a),
-                                      "memfd": _round_trips(memfd, "sink", a),
-                                      "shared": _round_trips(memfd, "sink", s)},
+                                      "lent": _round_trips(lent, "sink", a),
+                                      "shared": _round_trips(lent, "sink", s)},
                                      repeats=plan["repeats"], number=number,
                                      warmup=plan["warmup"])
             del s
 
-    # The smallest size from which memfd beats inline at every larger size.
+    # The smallest size from which lent beats inline at every larger size.
     threshold = None
     for size in reversed(SIZES):
-        if oneway[size]["memfd"].median < oneway[size]["inline"].median:
+        if oneway[size]["lent"].median < oneway[size]["inline"].median:
             threshold = size
         else:
             break
@@ -146,14 +147,14 @@ def main(argv=None) -> int:
                     f"{h.ratio(echo['inline'].median, st.median):.2f}"]
                    for name, st in echo.items()])
     h.print_table("one way: S bytes to the worker, None back (us per round trip, median (min))",
-                  ["S", "inline", "memfd", "shared", "inline / memfd"],
+                  ["S", "inline", "lent", "shared", "inline / lent"],
                   [[f"{size >> 10} KiB",
                     *(f"{cases[k].median * 1e6:.0f} ({cases[k].min * 1e6:.0f})"
-                      for k in ("inline", "memfd", "shared")),
-                    f"{h.ratio(cases['inline'].median, cases['memfd'].median):.2f}"]
+                      for k in ("inline", "lent", "shared")),
+                    f"{h.ratio(cases['inline'].median, cases['lent'].median):.2f}"]
                    for size, cases in oneway.items()])
-    print(f"memfd beats inline from {threshold >> 10} KiB up" if threshold
-          else "memfd never beat inline at the largest size measured")
+    print(f"lent beats inline from {threshold >> 10} KiB up" if threshold
+          else "lent never beat inline at the largest size measured")
     return 0
 
 

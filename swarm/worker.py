@@ -60,6 +60,7 @@ from typing import Any, Callable, Optional
 from swarm import _runtime
 from swarm._core.frame import (DEFAULT_MAX_FRAME, KIND_ERROR, KIND_INIT,
                                KIND_RESULT, KIND_TASK)
+from swarm._core.runner import run_chunk
 from swarm._core.sock import Channel
 from swarm.errors import PeerClosed, ProtocolError
 
@@ -438,33 +439,16 @@ class _Worker:
             return self._reply_error(chan, task_id, start, "task unpickling in the worker", exc)
         if not self.is_initialized:
             return self._refuse(chan, task_id)
-        results = [None] * count
-        errors = None
         progress = self.progress
         if progress is not None:
             progress[1] = -1         # no position yet: a death now blames none
             progress[0] = task_id
         fn = self.task_processor
-        builtin = fn is _call  # (callable, *args): one Python call, not two
-        for i in range(count):
-            if progress is not None:
-                progress[1] = i
-            task = tasks[i]
-            try:
-                if type(task) is not tuple:
-                    results[i] = fn(task)
-                elif builtin and task:
-                    results[i] = task[0](*task[1:])
-                else:
-                    results[i] = fn(*task)
-            except BaseException as exc:  # ship any failure to the client
-                if isinstance(exc, (_Terminate, KeyboardInterrupt)):
-                    raise
-                if errors is None:
-                    errors = {}
-                errors[i] = _error_body("task", exc)
-        if progress is not None:
-            progress[1] = count      # past the last task: a death now blames none
+        # (callable, *args) under the built-in worker: one Python call, not
+        # two. run_chunk moves the position along the page, and past the
+        # last task at the end: a death then blames none.
+        results, errors = run_chunk(tasks, fn, fn is _call, progress, _task_error_body,
+                                    (_Terminate, KeyboardInterrupt))
         elapsed = time.perf_counter_ns() - start
         try:
             chan.push(KIND_RESULT, task_id, elapsed, (results, errors))
@@ -543,6 +527,10 @@ def _map_progress_page():
 
 
 # ---------------------------------------------------------------- built-in
+
+def _task_error_body(exc: BaseException) -> Any:
+    return _error_body("task", exc)
+
 
 def _call(fn: Callable[..., Any], *args: Any) -> Any:
     """Task processor of the built-in worker: a task is (callable, *args)."""

@@ -29,7 +29,7 @@ import pytest
 
 import swarm
 
-MODULES = ["frame", "shm", "sock", "taskqueue", "reorder"]
+MODULES = ["frame", "shm", "sock", "taskqueue", "reorder", "runner"]
 
 # Module attributes that Cython adds to every compiled module.
 CYTHON_MODULE_NAMES = {"__test__", "__pyx_capi__", "__reduce_cython__",

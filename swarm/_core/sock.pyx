@@ -98,12 +98,15 @@ cdef object _dumps = pickle.dumps
 # Out-of-band buffers of at least this many bytes are copied once into
 # recycled shared memory (a Lent, shm.pyx) and passed as an fd; smaller ones
 # are gathered into the sendmsg. (Arrays already in shared memory always go
-# as fds, whatever their size.) History: with a fresh memfd per buffer,
-# copying lost to the inline path at every size up to 16 MiB
-# (bench/shm_threshold.py: 8 MiB 2.9 ms inline vs 8.0 ms memfd), because
-# every copy landed in new shmem pages, so the threshold was 64 MiB. A Lent
-# is refilled in pages that are already faulted in, and the receiver maps
-# those same pages; measured again with Lents, see the README.
+# as fds, whatever their size.) Measured with bench/shm_threshold.py (one
+# request outstanding, --pin split, a 2-CPU VM), one way, inline / lent:
+# 0.71 at 256 KiB, 0.82 at 512 KiB, 0.92 at 1 MiB, 1.09 at 2 MiB, 1.19-1.28
+# from 4 to 64 MiB; an 8 MiB echo is 3.5x faster lent (the echo goes back
+# as a view of the sender's own memory). 1 MiB sits at the crossover of the
+# one-way cost, and from there on the echo and the pool's throughput gain
+# (bench/numpy_in.py, numpy_roundtrip.py). Before Lents, each copy went to
+# a fresh memfd whose pages cost a fault each, and lost to inline up to
+# 16 MiB; the threshold was then 64 MiB.
 SHM_THRESHOLD = int(os.environ.get("SWARM_SHM_THRESHOLD", 1 << 20))
 if SHM_THRESHOLD < 0:
     raise ValueError(f"SWARM_SHM_THRESHOLD must be >= 0, got {SHM_THRESHOLD}")
