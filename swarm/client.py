@@ -1275,7 +1275,8 @@ class Pool:
                 else:
                     self._queue.extend(requestor._lane, first, tasks)
             elif kind == "releases":
-                for worker in self._workers.values():
+                # (a copy: a flush that finds the worker dead reaps it)
+                for worker in list(self._workers.values()):
                     if worker.chan is not None and worker.chan.releases_waiting \
                             and not worker.is_dead:
                         self._flush(worker)

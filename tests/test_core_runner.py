@@ -3,6 +3,8 @@
 import array
 import math
 import mmap
+import threading
+import time
 
 import pytest
 
@@ -67,3 +69,36 @@ def test_the_progress_page_names_the_running_task_then_the_end():
 def test_the_progress_page_must_hold_two_values():
     with pytest.raises(ValueError, match="two int64"):
         run_chunk([], None, True, memoryview(array.array("q", [0])), _body, Stop)
+
+
+def test_other_threads_run_during_a_long_chunk_of_c_function_tasks():
+    # The Python loop it replaced dropped the GIL every switch interval (the
+    # eval breaker at each iteration). run_chunk only calls
+    # PyErr_CheckSignals: with C-function tasks no bytecode runs, so no
+    # other thread of the worker (the parent watchdog, a task's own
+    # threads) gets the GIL until the chunk ends.
+    task = (math.factorial, 20000)
+    t = time.perf_counter()
+    run_chunk([task] * 5, None, True, None, str, (KeyboardInterrupt,))
+    per_task = (time.perf_counter() - t) / 5
+    tasks = [task] * max(20, int(0.6 / per_task))
+    ticks = []
+    stop = threading.Event()
+
+    def ticker():
+        while not stop.is_set():
+            time.sleep(0.005)
+            ticks.append(time.perf_counter())
+
+    th = threading.Thread(target=ticker, daemon=True)
+    th.start()
+    time.sleep(0.05)
+    t = time.perf_counter()
+    run_chunk(tasks, None, True, None, str, (KeyboardInterrupt,))
+    elapsed = time.perf_counter() - t
+    stop.set()
+    th.join()
+    during = sum(1 for x in ticks if t < x < t + elapsed)
+    # A fair share would be one tick per ~10 ms (sleep + switch interval).
+    assert during >= elapsed / 0.05, \
+        f"a thread ran {during} times during a {elapsed:.2f} s chunk of C-function tasks"

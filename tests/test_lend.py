@@ -13,12 +13,14 @@ none outlives the last channel that lends.
 import gc
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -292,7 +294,7 @@ def test_results_kept_after_the_pool_closes_stay_valid():
     assert all(_shm_tasks.is_shared(r) for r in results)
 
 
-# ------------------------------------------------- found in review
+# ------------------------------------------------- found in reviews
 
 def _run_script(source, **env):
     full_env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
@@ -427,3 +429,117 @@ def test_a_forked_child_never_refills_the_lents_it_inherited():
         assert status == 0
         assert (got == 1.0).all(), "the parent's array in flight was overwritten by the child"
     """)
+
+
+def _one(sprint, task):
+    sprint.submit_tasks([task])
+    (_i, r), = list(sprint.yield_results())
+    return r
+
+
+def _wait_releases(pool, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(w.chan.releases_waiting for w in pool._workers.values()
+                   if w.chan is not None):
+            return
+        time.sleep(0.02)
+    raise AssertionError("releases never sent")
+
+
+def test_a_forked_child_keeps_the_result_arrays_it_inherited():
+    # A result is the worker's lent memory, MAP_SHARED. A forked child
+    # (multiprocessing's fork context, say) inherits the mapping; once the
+    # parent drops its copy, the worker refills that memory with the next
+    # result and the child's array changes under it. _forget_lents_in_child
+    # only covers the process's own Lents, not borrowed buffers.
+    with Pool(workers=1) as pool:
+        sprint = Sprint()
+        pool.submit_sprint(sprint)
+        r = _one(sprint, (np.full, N, 1.0))
+        assert _shm_tasks.is_shared(r)
+        go_r, go_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: looks at its array once the parent moved on
+            try:
+                os.read(go_r, 1)
+                os._exit(0 if (r == 1.0).all() else 1)
+            finally:
+                os._exit(2)
+        os.close(go_r)
+        del r
+        _wait_releases(pool)
+        r2 = _one(sprint, (np.full, N, 2.0))   # the worker refills its free Lent
+        os.write(go_w, b"x")
+        os.close(go_w)
+        _, status = os.waitpid(pid, 0)
+        del r2
+    assert os.waitstatus_to_exitcode(status) == 0, \
+        "the forked child's inherited result array was overwritten by a later result"
+
+
+def test_releases_for_a_worker_that_just_died_do_not_kill_the_io_thread():
+    # The "releases" command iterates self._workers.values() and flushes;
+    # a flush to a dead worker reaps it and spawns a replacement (the dict
+    # changes during the iteration: RuntimeError, the pool's I/O thread dies).
+    # The GIL is held (long switch interval) so that the I/O thread handles
+    # the wake-up before it has seen the worker's EOF.
+    with Pool(workers=1) as pool:
+        sprint = Sprint()
+        pool.submit_sprint(sprint)
+        r = _one(sprint, (np.ones, N))
+        assert _shm_tasks.is_shared(r)
+        pid, = pool.pids
+        old = sys.getswitchinterval()
+        sys.setswitchinterval(30.0)
+        try:
+            del r                       # waker -> _post: the I/O thread wakes for the pipe
+            os.kill(pid, signal.SIGKILL)
+            t = time.perf_counter()
+            while time.perf_counter() - t < 0.5:   # the GIL stays here; the worker dies
+                pass
+        finally:
+            sys.setswitchinterval(old)
+        time.sleep(1.0)
+        assert pool._fatal is None, f"the pool's I/O thread died: {pool._fatal!r}"
+        assert _one(sprint, (abs, -3)) == 3
+
+
+def test_a_kept_result_does_not_keep_its_closed_pool_alive():
+    # Each borrowed result holds its Channel's ReleaseSink, whose waker is
+    # the pool's bound method: one kept array keeps a closed Pool (and its
+    # requestors) alive. Channel.close() swaps the sink but leaves the old
+    # one's waker set.
+    pool = Pool(workers=1)
+    sprint = Sprint()
+    pool.submit_sprint(sprint)
+    r = _one(sprint, (np.ones, N))
+    assert _shm_tasks.is_shared(r)
+    pool.close()
+    ref = weakref.ref(pool)
+    del pool, sprint
+    gc.collect()
+    try:
+        assert ref() is None, "a result array keeps its closed pool alive"
+    finally:
+        del r
+
+
+def test_a_channel_in_a_garbage_cycle_through_its_waker_is_collected():
+    # Channel -> sink -> waker -> owner -> Channel, as a pool makes: the
+    # collector must not clear the channel's fields before its __dealloc__
+    # (which used them: a crash once, in the suite).
+    class Owner:
+        def wake(self):
+            pass
+
+    for _ in range(20):
+        left, right = _pair()
+        owner = Owner()
+        owner.chan = left
+        left.set_release_waker(owner.wake)
+        got, _ = _send(left, right, np.ones(N))
+        del owner, left, got, _
+        gc.collect()
+        right.close()
+    assert lent_stats()[0] == 0

@@ -40,6 +40,9 @@ cdef class SharedBuffer:
     cdef ReleaseSink _lender      # borrowed: the release sink of the Channel
                                   # it came from (its inode is added there
                                   # when this buffer goes); None otherwise
+    cdef unsigned long _gen       # _fork_gen when _lender or _lent was set: a
+                                  # fork since then shares the memory with a
+                                  # child, so it is never released for refill
     cdef object _lent             # a view of this process's own lent memory
                                   # that came back from a peer: that Lent
                                   # (not mapped here: _base is NULL); or None

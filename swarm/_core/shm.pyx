@@ -70,6 +70,7 @@ worker holds a task's arrays, a few at a time) and bounds what a peer can
 make us hold.
 """
 
+cimport cython
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.memoryview cimport PyMemoryView_Check
 from libc.stdint cimport uint64_t, int64_t
@@ -123,6 +124,7 @@ cdef dict _lents = {}             # inode -> Lent, every Lent of the process
 cdef list _lent_free = []         # free Lents, oldest first
 cdef Py_ssize_t _lent_free_bytes = 0
 cdef Py_ssize_t _lend_users = 0   # Channels that may lend
+cdef unsigned long _fork_gen = 0  # forks of this process (os.fork)
 
 
 def lent_stats():
@@ -139,6 +141,9 @@ cdef inline int _raise_errno(int err, str what) except -1:
     raise OSError(err, f"{what}: {strerror(err).decode('utf-8', 'replace')}")
 
 
+# __dealloc__ releases through _lender / _lent: a garbage cycle must not
+# have them cleared to None first (the release would be lost).
+@cython.no_gc_clear
 cdef class SharedBuffer:
 
     def __cinit__(self, *args, **kwargs):
@@ -225,10 +230,14 @@ cdef class SharedBuffer:
         if self._lender is not None:
             # Borrowed: the lender may refill this memory once we are done.
             # (From whatever thread drops the last view; the Channel sends
-            # it with its next flush.)
-            self._lender.add(self._ino)
+            # it with its next flush.) Not after a fork: a child may still
+            # map it, so the lender keeps it until the connection ends.
+            if self._gen == _fork_gen:
+                self._lender.add(self._ino)
             self._lender = None
         if self._lent is not None:
+            if self._gen != _fork_gen:
+                (<Lent>self._lent).abandoned = True  # a child may map it
             lent_release(<Lent>self._lent)
             self._lent = None
         if self._base != NULL:
@@ -320,6 +329,7 @@ cdef SharedBuffer shared_from_fd(int fd, uint64_t offset, uint64_t length, bint 
         raise ProtocolError(
             f"a received memfd of {st.st_size} bytes is smaller than the buffer it "
             f"carries ({length} bytes at offset {offset})")
+    sb._gen = _fork_gen
     if lender is not None:
         sb._lender = lender
         sb._ino = st.st_ino
@@ -507,6 +517,13 @@ cdef int lend_user_remove() except -1:
     return 0
 
 
+def _count_fork():
+    # Before os.fork, in the parent (the child inherits the count): shared
+    # memory mapped now is mapped by the child too (see SharedBuffer.__dealloc__).
+    global _fork_gen
+    _fork_gen += 1
+
+
 def _forget_lents_in_child():
     # A forked child shares the parent's Lents (MAP_SHARED): refilling one
     # would overwrite what the parent lent. The child forgets them all;
@@ -519,4 +536,4 @@ def _forget_lents_in_child():
     _lent_free_bytes = 0
 
 
-os.register_at_fork(after_in_child=_forget_lents_in_child)
+os.register_at_fork(before=_count_fork, after_in_child=_forget_lents_in_child)

@@ -64,6 +64,7 @@ or an fd that is not a sealed memfd large enough is a ProtocolError, and
 every queued fd is closed with it; ``close()`` closes them too.
 """
 
+cimport cython
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytearray cimport PyByteArray_FromStringAndSize, PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
@@ -135,6 +136,10 @@ cdef inline int _raise_errno(int err) except -1:
     raise OSError(err, strerror(err).decode("utf-8", "replace"))
 
 
+# __dealloc__ abandons what the peer holds and leaves its sink: a garbage
+# cycle (Channel -> sink -> waker -> pool -> Channel) must not have these
+# fields cleared to None first.
+@cython.no_gc_clear
 cdef class Channel:
 
     def __cinit__(self, int fd, *, bint blocking=True, max_frame=DEFAULT_MAX_FRAME,
@@ -222,8 +227,10 @@ cdef class Channel:
         # that go from now on append to a list nobody reads.
         cdef dict holds = self._holds
         self._holds = {}
+        if self._sink is not None:
+            self._sink.waker = None  # buffers still alive keep the old sink, not its owner
         self._sink = ReleaseSink()
-        for lent, count in holds.items():
+        for lent, count in (holds or {}).items():
             lent_abandon(<Lent>lent, <Py_ssize_t>count)
         if self._lends:
             self._lends = False
@@ -362,7 +369,7 @@ cdef class Channel:
                 PyObject_GetBuffer(raws[i], &src, PyBUF_SIMPLE)
                 try:
                     shared[i] = lend_copy(<const char *>src.buf, src.len)
-                except OSError:
+                except (OSError, ProtocolError):
                     shared[i] = None   # no memfd or mapping to be had: inline
                 finally:
                     PyBuffer_Release(&src)
