@@ -61,3 +61,12 @@ def release():
 def total(array):
     """A float: nothing of the array goes back."""
     return float(array.sum())
+
+
+def total_dying_once(marker, array):
+    """The first call (no marker file yet) ends the worker mid-task, holding
+    the array; the retry returns its sum."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(3)
+    return float(array.sum())

@@ -543,3 +543,16 @@ def test_a_channel_in_a_garbage_cycle_through_its_waker_is_collected():
         gc.collect()
         right.close()
     assert lent_stats()[0] == 0
+
+
+def test_a_worker_that_dies_holding_a_lent_array_costs_nothing_but_a_retry(tmp_path):
+    marker = str(tmp_path / "died")
+    arrays = [np.full(1 << 18, float(i)) for i in range(6)]     # 2 MiB each: lent
+    with Pool(workers=2, max_retries=1) as pool:
+        tasks = [(_shm_tasks.total, a) for a in arrays]
+        tasks[3] = (_shm_tasks.total_dying_once, marker, arrays[3])
+        batch = BatchManager(pool, tasks).batch
+        batch.start()
+        assert batch.list_results() == [float(i) * (1 << 18) for i in range(6)]
+        assert os.path.exists(marker)
+    assert lent_stats() == (0, 0, 0)    # the dead worker's hold was abandoned, then unmapped
