@@ -29,7 +29,7 @@ import _shm_tasks
 from swarm import PeerClosed, ProtocolError
 from swarm._core import frame
 from swarm._core.frame import KIND_RESULT, pack_header
-from swarm._core.shm import SharedBuffer, lent_stats
+from swarm._core.shm import MAP_CACHE_MAX, SharedBuffer, lent_stats
 from swarm._core.sock import SHM_THRESHOLD, Channel
 from swarm.client import BatchManager, Pool, Sprint
 
@@ -79,7 +79,7 @@ def test_a_lent_array_is_refilled_only_after_the_peer_releases_it(chans):
     left, right = chans()
     x = np.arange(N, dtype=np.float64)
     got, buffers = _send(left, right, x)
-    assert type(buffers[0]) is SharedBuffer and buffers[0].fd >= 0
+    assert type(buffers[0]) is SharedBuffer and right.cached_maps == 1
     np.testing.assert_array_equal(got, x)
     assert left.lent_out == 1 and lent_stats() == (1, 0, 0)
     # Held by the receiver: a second array needs a second Lent.
@@ -94,6 +94,31 @@ def test_a_lent_array_is_refilled_only_after_the_peer_releases_it(chans):
     got3, _ = _send(left, right, x * 3)
     assert lent_stats()[:2] == (2, 1)
     np.testing.assert_array_equal(got3, x * 3)
+
+
+def test_a_refilled_lent_memfd_is_not_mapped_again(chans):
+    left, right = chans()
+    x = np.arange(N, dtype=np.float64)
+    for k in range(1, 5):
+        got, _ = _send(left, right, x * k)
+        np.testing.assert_array_equal(got, x * k)    # the refill, seen through the cache
+        if k == 1:
+            maps = len(_shm_tasks.memfd_report()[1])
+        assert len(_shm_tasks.memfd_report()[1]) == maps   # no new mapping
+        del got, _
+        _settle(right, left)
+    assert lent_stats()[0] == 1 and right.cached_maps == 1
+
+
+def test_a_channel_keeps_at_most_map_cache_max_mappings(chans):
+    left, right = chans()
+    held = [_send(left, right, np.full(N, float(i)))[0] for i in range(MAP_CACHE_MAX + 3)]
+    assert right.cached_maps == MAP_CACHE_MAX       # the oldest dropped ...
+    assert [float(h[0]) for h in held] == [float(i) for i in range(MAP_CACHE_MAX + 3)]
+    del held                                        # ... and unmapped with their arrays
+    right.close()
+    left.close()
+    assert _shm_tasks.memfd_report() == ([], [])
 
 
 def test_the_frame_is_a_snapshot_of_the_array_at_push(chans):
@@ -220,7 +245,7 @@ def test_a_release_for_what_was_lent_on_another_channel_is_refused(chans):
     a, b = chans()
     c, d = chans()
     _, buffers = _send(a, b, np.ones(N))
-    lent_ino = os.fstat(buffers[0].fd).st_ino
+    lent_ino = buffers[0].inode
     raw = os.dup(d.fileno())                       # d's socket, written by hand
     try:
         os.write(raw, pack_header(frame.KIND_RELEASE, 0, lent_ino, 0))

@@ -86,9 +86,16 @@ cdef extern from "<fcntl.h>" nogil:
     enum:
         F_ADD_SEALS
         F_GET_SEALS
+        F_DUPFD_CLOEXEC
         F_SEAL_SEAL               # no further seals may be added
         F_SEAL_SHRINK             # the file may not shrink: a mapping never SIGBUSes
         F_SEAL_GROW               # the file may not grow
+
+
+cdef extern from "<time.h>" nogil:
+    struct timespec:
+        long tv_sec
+        long tv_nsec
 
 
 cdef extern from "<sys/stat.h>" nogil:
@@ -97,6 +104,7 @@ cdef extern from "<sys/stat.h>" nogil:
         unsigned int st_mode
         unsigned long st_ino
         unsigned long st_dev
+        timespec st_ctim
     int fstat(int fd, struct_stat *buf)
     bint S_ISREG(unsigned int mode)
 

@@ -43,6 +43,9 @@ cdef class SharedBuffer:
     cdef unsigned long _gen       # _fork_gen when _lender or _lent was set: a
                                   # fork since then shares the memory with a
                                   # child, so it is never released for refill
+    cdef SharedBuffer _parent     # a view of this mapping of a whole memfd
+                                  # (a Channel's cached mapping of lent memory):
+                                  # _base is NULL, _addr points into it
     cdef object _lent             # a view of this process's own lent memory
                                   # that came back from a peer: that Lent
                                   # (not mapped here: _base is NULL); or None
@@ -98,8 +101,14 @@ cdef int lend_user_remove() except -1
 # holds: the receiving Channel's Lent -> count map. Our own Lent may only
 # come back from a peer that holds it (else a misbehaving peer could make
 # us view memory we refill): ProtocolError otherwise.
+#
+# maps: the receiving Channel's cache of whole-file mappings of lent memfds
+# (inode -> (SharedBuffer, identity)), or None. A lent buffer whose memfd is
+# cached there becomes a view of that mapping: no mmap, no munmap (the
+# lender refills the same memfd, so its pages are already in our page
+# tables). Filled on a miss, at most MAP_CACHE_MAX per Channel.
 cdef SharedBuffer shared_from_fd(int fd, uint64_t offset, uint64_t length, bint keep_fd,
-                                 ReleaseSink lender, dict holds)
+                                 ReleaseSink lender, dict holds, dict maps)
 
 # The SharedBuffer, holding its fd (or a view of a Lent), whose exported bytes contain all the
 # bytes of `view` (a contiguous buffer, e.g. PickleBuffer.raw()), found by

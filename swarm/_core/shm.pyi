@@ -6,6 +6,7 @@ KEEP_FDS_MAX: int
 LEND_CLASS: int
 LEND_MAX: int
 LEND_CACHE_BYTES: int
+MAP_CACHE_MAX: int
 
 def lent_stats() -> tuple[int, int, int]:
     """``(lents, free lents, free bytes)`` of this process now."""
@@ -35,6 +36,9 @@ class SharedBuffer:
     @property
     def fd(self) -> int:
         """The memfd, or -1 when it was closed after mapping."""
+    @property
+    def inode(self) -> int:
+        """The memfd's inode, for a buffer a peer lent (0 otherwise)."""
     @property
     def file_offset(self) -> int:
         """Where the exported bytes start in the memfd."""

@@ -79,6 +79,8 @@ cdef class Channel:
     cdef bint _lends              # counted in shm.lend_user_add (threshold > 0)
     cdef dict _holds              # Lent -> fds of it sent on this channel and
                                   # not released by the peer yet
+    cdef dict _maps               # mappings of the peer's lent memfds, kept
+                                  # for its next arrays (shm.shared_from_fd)
     cdef ReleaseSink _sink        # inodes of buffers the peer lent us that are
                                   # gone (added by SharedBuffer.__dealloc__,
                                   # from any thread); sent by flush()

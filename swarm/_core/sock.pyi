@@ -43,6 +43,9 @@ class Channel:
     def lent_out(self) -> int:
         """Fds of this process's lent memory that the peer holds now."""
     @property
+    def cached_maps(self) -> int:
+        """Mappings of the peer's lent memfds kept for its next arrays."""
+    @property
     def releases_waiting(self) -> int:
         """Buffers the peer lent us that are gone, not yet released to it."""
     def set_release_waker(self, waker: Optional[Callable[[], None]]) -> None:

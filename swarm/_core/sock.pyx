@@ -162,6 +162,7 @@ cdef class Channel:
             raise ValueError(f"shm_threshold must be >= 0, got {shm_threshold}")
         self._shm_threshold = shm_threshold
         self._holds = {}
+        self._maps = {}
         self._sink = ReleaseSink()
         if shm_threshold > 0:
             lend_user_add()
@@ -230,6 +231,7 @@ cdef class Channel:
         if self._sink is not None:
             self._sink.waker = None  # buffers still alive keep the old sink, not its owner
         self._sink = ReleaseSink()
+        self._maps = {}  # (unmapped once no array over them is left)
         for lent, count in (holds or {}).items():
             lent_abandon(<Lent>lent, <Py_ssize_t>count)
         if self._lends:
@@ -241,6 +243,11 @@ cdef class Channel:
     def lent_out(self):
         """Fds of this process's lent memory that the peer holds now."""
         return sum(self._holds.values())
+
+    @property
+    def cached_maps(self):
+        """Mappings of the peer's lent memfds kept for its next arrays."""
+        return len(self._maps)
 
     @property
     def releases_waiting(self):
@@ -411,6 +418,8 @@ cdef class Channel:
                     length |= FRAME_LENT_BUFFER
                     self._holds[lent] = self._holds.get(lent, 0) + 1
                     carried.append(lent.sb)
+                elif (<SharedBuffer>x)._parent is not None:
+                    carried.append((<SharedBuffer>x)._parent)  # its fd is the parent's
                 else:
                     carried.append(x)
             memcpy(p + FRAME_HEADER_SIZE + entry * i, &length, 8)
@@ -841,7 +850,8 @@ cdef class Channel:
                 # The fd is the SharedBuffer's from here (closed on error).
                 bufs.append(shared_from_fd(
                     self._pop_fd(), offset, length & ~(FRAME_FD_BUFFER | FRAME_LENT_BUFFER),
-                    True, self._sink if length & FRAME_LENT_BUFFER else None, self._holds))
+                    True, self._sink if length & FRAME_LENT_BUFFER else None, self._holds,
+                    self._maps))
             else:
                 if length >= RECV_SIZE_CLASS:  # warm, recycled memory (see recvbuf)
                     buf = recv_buffer(<Py_ssize_t>length)
