@@ -322,7 +322,8 @@ class _Worker:
                     continue
                 stalled_since = 0.0
                 if frame is None:
-                    continue  # release frames only (handled by the channel)
+                    chan.flush()  # release frames only: what they freed may owe a retire
+                    continue
                 self._handle(chan, *frame)
                 # Let go of the task's buffers now, not when the next frame
                 # comes: shared arrays and their fds are released at once.
@@ -377,7 +378,8 @@ class _Worker:
             while True:
                 frame = chan.read_frame()
                 if frame is None:
-                    return True  # release frames only, nothing more buffered
+                    chan.flush()  # release frames only: what they freed may owe a retire
+                    return True
                 self._handle(chan, *frame)
                 frame = None  # the task's buffers go now: their releases leave below
                 # Every result leaves at once: holding it for the next task's

@@ -154,7 +154,7 @@ def model_decode(data, max_frame: int = MAX_FRAME) -> Expect:
             return done("error", re.escape(f"bad frame magic 0x{magic:08x} "))
         if version != frame.VERSION:
             return done("error", re.escape(f"unsupported frame version {version} "))
-        if not 1 <= kind <= frame.KIND_RELEASE:
+        if not 1 <= kind <= frame.KIND_RETIRE:
             return done("error", re.escape(f"unknown frame kind {kind}") + "$")
         if flags & ~frame.FLAG_FDS:
             return done("error", re.escape(f"reserved frame flags set: 0x{flags:04x}"))
@@ -215,6 +215,14 @@ def model_decode(data, max_frame: int = MAX_FRAME) -> Expect:
         for length in lengths:
             bufs.append(data[p:p + length])
             p += length
+        if kind == frame.KIND_RETIRE:
+            # Handled inside the reader: a retire names a mapping to drop
+            # (none is kept here), and the stream goes on.
+            if body_len or nbufs:
+                return done("error", re.escape("a retire frame carries a body or buffers"))
+            ends.append(p)
+            pos = p
+            continue
         if kind == frame.KIND_RELEASE:
             # Handled inside the reader, never returned: this stream lent
             # nothing, so any release is refused once the frame is whole.

@@ -344,6 +344,8 @@ def test_evicting_a_free_lent_keeps_the_free_bytes_right():
         for rnd, size in enumerate([1, 4] * 4):       # caps that never fit each other
             left.send(KIND_RESULT, rnd, 0, np.ones(size * MIB // 8))
             f = right.read_frame()
+            while f is None:   # a retire frame came first (the evicted memfd)
+                f = right.read_frame()
             arr = pickle.loads(f[3], buffers=f[4])
             assert arr[0] == 1
             del f, arr
@@ -581,3 +583,44 @@ def test_a_worker_that_dies_holding_a_lent_array_costs_nothing_but_a_retry(tmp_p
         assert batch.list_results() == [float(i) * (1 << 18) for i in range(6)]
         assert os.path.exists(marker)
     assert lent_stats() == (0, 0, 0)    # the dead worker's hold was abandoned, then unmapped
+
+
+def test_memory_the_lender_unmapped_is_not_kept_by_the_receiver():
+    # The lender's free cache is small here: each released memfd is
+    # unmapped, and the receiver, told so (a retire frame), drops its mapping.
+    _run_script("""
+        import pickle, socket, sys
+        sys.path.insert(0, %r)
+        import numpy as np
+        import _shm_tasks
+        from swarm._core.frame import KIND_RESULT
+        from swarm._core.shm import lent_stats
+        from swarm._core.sock import Channel
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        left, right = Channel(a.detach()), Channel(b.detach())
+        for k in range(8):
+            left.send(KIND_RESULT, 1, 0, np.full(1 << 20, float(k)))   # 8 MiB
+            _, _, _, body, bufs = right.read_frame()
+            got = pickle.loads(body, buffers=bufs)
+            assert got[0] == k
+            del got, bufs, body
+            right.flush()                      # the release ...
+            assert left.read_frame() is None   # ... unmaps the lender's memfd
+            left.flush()                       # the retire ...
+            assert right.read_frame() is None  # ... drops the receiver's mapping
+        assert lent_stats()[0] == 0 and right.cached_maps == 0
+        assert _shm_tasks.memfd_report() == ([], [])
+    """ % os.path.dirname(os.path.abspath(__file__)), SWARM_LEND_CACHE=str(4 << 20))
+
+
+def test_cached_mappings_do_not_spend_the_received_arrays_fd_budget(chans):
+    x = np.ones(MIB // 8)
+    for _ in range(40):                       # 40 connections x 8 cached memfds
+        left, right = chans()
+        held = [_send(left, right, x)[0] for _ in range(MAP_CACHE_MAX)]
+        del held
+        _settle(right, left)
+    a, b = chans()
+    shared = SharedBuffer(MIB)
+    got, bufs = _send(a, b, np.frombuffer(shared, dtype=np.uint8))
+    assert bufs[0].fd >= 0                    # kept: it can be sent on without a copy

@@ -60,7 +60,11 @@ cdef enum FrameKind:
     FRAME_RELEASE = 5             # either way: a lent buffer (its memfd's inode
                                   # in aux) is free again; no body, no buffers.
                                   # Handled inside Channel, never returned.
-    FRAME_KIND_MAX = 5
+    FRAME_RETIRE = 6              # either way: the sender unmapped a memfd it
+                                  # lent (inode in aux): drop any mapping of it
+                                  # kept for its next arrays. No body, no
+                                  # buffers; handled inside Channel.
+    FRAME_KIND_MAX = 6
 
 
 cdef extern from *:

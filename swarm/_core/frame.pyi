@@ -19,6 +19,7 @@ KIND_TASK: int
 KIND_RESULT: int
 KIND_ERROR: int
 KIND_RELEASE: int
+KIND_RETIRE: int
 
 def pack_header(
     kind: int,

@@ -10,7 +10,7 @@ well-formed or deliberately malformed frames:
 - constants ``HEADER_SIZE``, ``MAGIC``, ``VERSION``, ``MAX_BUFFERS``,
   ``MAX_FDS``, ``FLAG_FDS``, ``FD_BUFFER``, ``LENT_BUFFER``,
   ``DEFAULT_MAX_FRAME`` and the kinds ``KIND_INIT``, ``KIND_TASK``,
-  ``KIND_RESULT``, ``KIND_ERROR``, ``KIND_RELEASE``.
+  ``KIND_RESULT``, ``KIND_ERROR``, ``KIND_RELEASE``, ``KIND_RETIRE``.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
@@ -36,9 +36,11 @@ KIND_TASK = FRAME_TASK
 KIND_RESULT = FRAME_RESULT
 KIND_ERROR = FRAME_ERROR
 KIND_RELEASE = FRAME_RELEASE
+KIND_RETIRE = FRAME_RETIRE
 
 _KIND_NAMES = {FRAME_INIT: "init", FRAME_TASK: "task",
-               FRAME_RESULT: "result", FRAME_ERROR: "error", FRAME_RELEASE: "release"}
+               FRAME_RESULT: "result", FRAME_ERROR: "error", FRAME_RELEASE: "release",
+               FRAME_RETIRE: "retire"}
 
 
 cdef int header_check(const FrameHeader *h, uint64_t max_frame) except -1:

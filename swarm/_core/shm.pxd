@@ -19,14 +19,20 @@ from libc.stdint cimport uint64_t
 # pool's I/O thread sleeps in poll and must be told to flush).
 cdef class ReleaseSink:
     cdef list inos
+    cdef list retired             # inodes of our Lents, sent on this Channel
+                                  # once, that are unmapped now (FRAME_RETIRE)
     cdef object waker
+    cdef object __weakref__       # Lent.peers holds sinks weakly
     cdef void add(self, uint64_t ino) noexcept
+    cdef void retire(self, uint64_t ino) noexcept
 
 
 cdef class SharedBuffer:
     cdef int _fd                  # the memfd, or -1: closed after mapping
                                   # (a received buffer over the fd budget)
     cdef bint _counts_fd          # _fd is counted in the process-wide budget
+    cdef bint _cache_fd           # _fd is a Channel's cached mapping's (counted
+                                  # apart: no array needs to hold it)
     cdef char *_base              # start of the mapping (page aligned), or NULL
     cdef Py_ssize_t _map_len      # bytes mapped at _base (>= 1); 0: not mapped
                                   # here (a view of a Lent's mapping)
@@ -64,11 +70,17 @@ cdef class Lent:
     cdef Py_ssize_t cap           # bytes of the memfd (a multiple of LEND_CLASS)
     cdef Py_ssize_t holds
     cdef bint abandoned           # a peer that held it went away: never reused
+    cdef object peers             # WeakSet of the ReleaseSinks of the Channels
+                                  # it was sent on: told when it is unmapped
 
 
 # A Lent holding a copy of src[:size], with holds == 1 (the caller's); None
 # when the process already has LEND_MAX of them and none is free.
 cdef Lent lend_copy(const char *src, Py_ssize_t size)
+
+# Records that lent was sent on the Channel whose sink this is, so that the
+# peer is told (FRAME_RETIRE) when lent is unmapped.
+cdef int lent_sent_on(Lent lent, ReleaseSink sink) except -1
 
 # Drops one hold; at 0 the memory is free for the next lend_copy.
 cdef int lent_release(Lent lent) except -1

@@ -87,6 +87,7 @@ from swarm._core.posix cimport (
     MAP_SHARED, MAP_POPULATE)
 
 import os
+import weakref
 
 from swarm.errors import ProtocolError
 from swarm._core.recvbuf import _default_cache_bytes
@@ -100,6 +101,9 @@ KEEP_FDS_MAX = 256
 cdef Py_ssize_t _keep_fds_max = KEEP_FDS_MAX
 # SharedBuffers of this process holding their fd open.
 cdef Py_ssize_t _kept_fds = 0
+# Fds of Channels' cached mappings (shared_from_fd), bounded by
+# KEEP_FDS_MAX too but apart: they must not starve received arrays.
+cdef Py_ssize_t _cache_fds = 0
 cdef Py_ssize_t _page = sysconf(_SC_PAGESIZE)
 # How far shared_owner follows memoryview.obj / .base (numpy views of
 # views of ... a SharedBuffer); deeper chains are sent as plain bytes.
@@ -149,6 +153,7 @@ cdef class SharedBuffer:
     def __cinit__(self, *args, **kwargs):
         self._fd = -1
         self._counts_fd = False
+        self._cache_fd = False
         self._base = NULL
         self._map_len = 0
         self._addr = _empty
@@ -225,7 +230,7 @@ cdef class SharedBuffer:
         return 0
 
     def __dealloc__(self):
-        global _kept_fds
+        global _kept_fds, _cache_fds
         # Runs only when no view is left: each one holds a reference.
         if self._lender is not None:
             # Borrowed: the lender may refill this memory once we are done.
@@ -249,6 +254,9 @@ cdef class SharedBuffer:
         if self._counts_fd:
             _kept_fds -= 1
             self._counts_fd = False
+        if self._cache_fd:
+            _cache_fds -= 1
+            self._cache_fd = False
 
     def __getbuffer__(self, Py_buffer *view, int flags):
         if self._base == NULL and self._size > 0 and self._lent is None \
@@ -389,22 +397,25 @@ MAP_CACHE_MAX = 8
 cdef SharedBuffer _cached_mapping(dict maps, int fd, struct_stat *st):
     # The cached whole-file mapping of fd's memfd, made now if need be;
     # None when the fd budget is spent (the caller maps just the buffer).
-    global _kept_fds
+    global _cache_fds
     cdef SharedBuffer whole
     identity = (st.st_dev, st.st_size, st.st_ctim.tv_sec, st.st_ctim.tv_nsec)
     entry = maps.pop(st.st_ino, None)
     if entry is not None and entry[1] == identity:
         maps[st.st_ino] = entry           # the most recently used goes last
         return <SharedBuffer>entry[0]
-    if _kept_fds >= _keep_fds_max:
+    if _cache_fds >= _keep_fds_max:
         return None
     whole = SharedBuffer.__new__(SharedBuffer)
     whole._fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)
     if whole._fd < 0:
         return None
-    whole._counts_fd = True
-    _kept_fds += 1
-    whole._map(0, <uint64_t>st.st_size, True)
+    whole._cache_fd = True
+    _cache_fds += 1
+    try:
+        whole._map(0, <uint64_t>st.st_size, True)
+    except (OSError, ProtocolError):
+        return None   # (whole goes: its fd is closed) the caller maps the buffer alone
     maps[st.st_ino] = (whole, identity)
     while len(maps) > MAP_CACHE_MAX:
         del maps[next(iter(maps))]        # the least recently used (unmapped
@@ -452,19 +463,28 @@ cdef class ReleaseSink:
 
     def __cinit__(self):
         self.inos = []
+        self.retired = []
         self.waker = None
 
     cdef void add(self, uint64_t ino) noexcept:
         # Runs in __dealloc__, in any thread: nothing may escape.
         try:
             self.inos.append(ino)
-            if self.waker is not None and len(self.inos) == 1:
+            if self.waker is not None and len(self.inos) + len(self.retired) == 1:
+                self.waker()
+        except BaseException:
+            pass
+
+    cdef void retire(self, uint64_t ino) noexcept:
+        try:
+            self.retired.append(ino)
+            if self.waker is not None and len(self.inos) + len(self.retired) == 1:
                 self.waker()
         except BaseException:
             pass
 
     def __len__(self):
-        return len(self.inos)
+        return len(self.inos) + len(self.retired)
 
 
 cdef bint _same_file(int a, int b) noexcept:
@@ -525,11 +545,26 @@ cdef Lent _free_take(Py_ssize_t i):
 
 cdef void _lent_destroy(Lent lent) noexcept:
     # Unmaps and closes (SharedBuffer.__dealloc__), unless a view of it is
-    # alive: the views hold the Lent, and its sb, until they go.
+    # alive: the views hold the Lent, and its sb, until they go. Peers that
+    # keep a mapping of it for our next arrays are told to drop it.
     _lents.pop(lent.ino, None)
     lent.abandoned = True
     if lent.holds == 0:
         lent.sb = None
+        peers, lent.peers = lent.peers, None
+        if peers is not None:
+            try:
+                for sink in list(peers):
+                    (<ReleaseSink>sink).retire(lent.ino)
+            except BaseException:
+                pass
+
+
+cdef int lent_sent_on(Lent lent, ReleaseSink sink) except -1:
+    if lent.peers is None:
+        lent.peers = weakref.WeakSet()
+    lent.peers.add(sink)
+    return 0
 
 
 cdef int lent_release(Lent lent) except -1:

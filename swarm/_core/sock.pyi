@@ -47,7 +47,7 @@ class Channel:
         """Mappings of the peer's lent memfds kept for its next arrays."""
     @property
     def releases_waiting(self) -> int:
-        """Buffers the peer lent us that are gone, not yet released to it."""
+        """Release and retire notices for the peer, not sent yet."""
     def set_release_waker(self, waker: Optional[Callable[[], None]]) -> None:
         """``waker()`` is called, from any thread, when releases start waiting."""
     @property

@@ -18,7 +18,10 @@ Python-visible surface:
       memfd is passed the same way, marked lent; the peer's Channel sends a
       release frame when its last view of it is gone, and the memory is
       refilled for a later array (past ``shm.LEND_MAX`` Lents it goes
-      inline instead);
+      inline instead). The receiving Channel keeps its mapping of such a
+      memfd for the peer's next arrays (``shm.MAP_CACHE_MAX``), until the
+      peer sends a retire frame (it unmapped the memfd) or the Channel
+      closes;
     - otherwise it is queued as a view of its own memory, and nothing is
       copied until the kernel copies it.
 
@@ -83,9 +86,10 @@ from swarm._core.recvbuf cimport RecvBuffer, recv_buffer, RECV_SIZE_CLASS
 from swarm._core.frame cimport (
     FrameHeader, header_read, header_write, header_check, header_entry_size,
     FRAME_HEADER_SIZE, FRAME_MAX_BUFFERS, FRAME_MAX_FDS, FRAME_MAGIC,
-    FRAME_VERSION, FRAME_FLAG_FDS, FRAME_FD_BUFFER, FRAME_LENT_BUFFER, FRAME_RELEASE)
+    FRAME_VERSION, FRAME_FLAG_FDS, FRAME_FD_BUFFER, FRAME_LENT_BUFFER, FRAME_RELEASE,
+    FRAME_RETIRE)
 from swarm._core.shm cimport (
-    SharedBuffer, Lent, ReleaseSink, lend_copy, lent_release, lent_abandon, lent_find, lend_user_add,
+    SharedBuffer, Lent, ReleaseSink, lend_copy, lent_sent_on, lent_release, lent_abandon, lent_find, lend_user_add,
     lend_user_remove, shared_from_fd, shared_owner)
 
 import os
@@ -105,7 +109,10 @@ cdef object _dumps = pickle.dumps
 # from 4 to 64 MiB; an 8 MiB echo is 3.5x faster lent (the echo goes back
 # as a view of the sender's own memory). 1 MiB sits at the crossover of the
 # one-way cost, and from there on the echo and the pool's throughput gain
-# (bench/numpy_in.py, numpy_roundtrip.py). Before Lents, each copy went to
+# (bench/numpy_in.py, numpy_roundtrip.py). Once the receiver kept its
+# mappings of lent memfds (shm.MAP_CACHE_MAX), the same bench gave 1.58 at
+# 512 KiB, 1.83 at 1 MiB, 2.9 at 8 MiB (0.71 at 256 KiB): 512 KiB would do
+# too; 1 MiB is kept, with margin. Before Lents, each copy went to
 # a fresh memfd whose pages cost a fault each, and lost to inline up to
 # 16 MiB; the threshold was then 64 MiB.
 SHM_THRESHOLD = int(os.environ.get("SWARM_SHM_THRESHOLD", 1 << 20))
@@ -251,8 +258,8 @@ cdef class Channel:
 
     @property
     def releases_waiting(self):
-        """Buffers the peer lent us that are gone, not yet released to it."""
-        return len(self._sink.inos)
+        """Release and retire notices for the peer, not sent yet."""
+        return len(self._sink)
 
     def set_release_waker(self, waker):
         """``waker()`` is called, from any thread, when releases start
@@ -417,6 +424,7 @@ cdef class Channel:
                         lent.holds += 1   # lent again (a copy came with its hold)
                     length |= FRAME_LENT_BUFFER
                     self._holds[lent] = self._holds.get(lent, 0) + 1
+                    lent_sent_on(lent, self._sink)
                     carried.append(lent.sb)
                 elif (<SharedBuffer>x)._parent is not None:
                     carried.append((<SharedBuffer>x)._parent)  # its fd is the parent's
@@ -451,7 +459,7 @@ cdef class Channel:
         cdef Py_ssize_t left
         if not self._blocking:
             flags |= MSG_DONTWAIT
-        if self._sink.inos and self._fd >= 0:
+        if (self._sink.inos or self._sink.retired) and self._fd >= 0:
             self._queue_releases()
         segs = self._segs
         nsegs = len(segs)
@@ -552,7 +560,7 @@ cdef class Channel:
 
     cdef int _queue_releases(self) except -1:
         # One header-only frame per lent buffer gone, naming its inode.
-        cdef list releases = self._sink.inos
+        cdef list releases = self._sink.inos, retired = self._sink.retired
         cdef FrameHeader h
         h.magic = FRAME_MAGIC
         h.version = FRAME_VERSION
@@ -563,6 +571,12 @@ cdef class Channel:
         h.task_id = 0
         while releases:
             h.aux = releases.pop()  # (list.pop is atomic: appends may race it)
+            header = PyBytes_FromStringAndSize(NULL, FRAME_HEADER_SIZE)
+            header_write(PyBytes_AS_STRING(header), &h)
+            self._segs.append(header)
+        h.kind = FRAME_RETIRE
+        while retired:
+            h.aux = retired.pop()
             header = PyBytes_FromStringAndSize(NULL, FRAME_HEADER_SIZE)
             header_write(PyBytes_AS_STRING(header), &h)
             self._segs.append(header)
@@ -716,7 +730,8 @@ cdef class Channel:
         # a frame, and must not block for one that may never come).
         while True:
             frame = self._read_one()
-            if frame is None or (<tuple>frame)[0] != FRAME_RELEASE:
+            if frame is None or ((<tuple>frame)[0] != FRAME_RELEASE
+                                 and (<tuple>frame)[0] != FRAME_RETIRE):
                 return frame
             try:
                 self._on_release(<tuple>frame)
@@ -730,6 +745,11 @@ cdef class Channel:
     cdef int _on_release(self, tuple frame) except -1:
         cdef uint64_t ino = frame[2]
         cdef Lent lent
+        if frame[0] == FRAME_RETIRE:
+            if frame[3] or frame[4]:
+                raise ProtocolError("a retire frame carries a body or buffers")
+            self._maps.pop(ino, None)   # (unmapped once no array over it is left)
+            return 0
         if frame[3] or frame[4]:
             raise ProtocolError("a release frame carries a body or buffers")
         lent = lent_find(ino)
