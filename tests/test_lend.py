@@ -624,3 +624,34 @@ def test_cached_mappings_do_not_spend_the_received_arrays_fd_budget(chans):
     shared = SharedBuffer(MIB)
     got, bufs = _send(a, b, np.frombuffer(shared, dtype=np.uint8))
     assert bufs[0].fd >= 0                    # kept: it can be sent on without a copy
+
+
+def test_an_echo_whose_view_went_before_the_flush_arrives_before_its_release(chans):
+    # The queued frame holds the cached mapping, not the view: the view's
+    # release is made before the frame leaves, and must still follow it.
+    left, right = chans()
+    x = np.arange(N, dtype=np.float64)
+    got, bufs = _send(left, right, x)
+    assert right.cached_maps == 1
+    right.push(KIND_RESULT, 2, 0, got)
+    del got, bufs
+    gc.collect()
+    assert right.releases_waiting == 1
+    right.flush()
+    _, _, _, body, buffers = left.read_frame()
+    back = pickle.loads(body, buffers=buffers)
+    np.testing.assert_array_equal(back, x)
+    assert left.read_frame() is None            # the release, after the echo
+    assert left.lent_out == 0
+    del back, buffers
+    assert lent_stats()[1] == 1                 # free once the echo's view went
+
+
+def test_a_view_outlives_its_channel_and_the_cache(chans):
+    left, right = chans()
+    first, _ = _send(left, right, np.full(N, 7.0))
+    for k in range(MAP_CACHE_MAX + 1):          # pushed out of the cache ...
+        _send(left, right, np.full(N, float(k)))
+    right.close()                               # ... and its channel gone
+    left.close()
+    assert (first == 7.0).all()
