@@ -502,7 +502,6 @@ cdef class Lent:
 
 
 cdef Lent lend_copy(const char *src, Py_ssize_t size):
-    global _lent_free_bytes
     cdef Lent lent = None, cand
     cdef Py_ssize_t cap = ((size + LEND_CLASS - 1) // LEND_CLASS) * LEND_CLASS
     cdef Py_ssize_t i
