@@ -89,7 +89,7 @@ cdef class Channel:
     cpdef bint flush(self) except -1
     cpdef object read_frame(self)
     cdef object _read_one(self)
-    cdef int _on_release(self, tuple frame) except -1
+    cdef int _on_notice(self, tuple frame) except -1
     cdef int _queue_releases(self) except -1
     cdef int _drop_lends(self) except -1
     cdef Py_ssize_t _recv(self, char *dst, Py_ssize_t n) except -2

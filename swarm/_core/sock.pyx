@@ -39,8 +39,8 @@ Python-visible surface:
     (``pickle.loads(body, buffers=buffers)``): a bytearray (or RecvBuffer)
     for each buffer that came inline, a SharedBuffer (the received memfd,
     mapped) for each one that came as an fd. None: a non-blocking channel
-    has no complete frame yet, or a blocking one read only release frames
-    (handled here) and has no further byte buffered. Raises ``PeerClosed`` at a clean end of
+    has no complete frame yet, or a blocking one read only release or
+    retire frames (handled here) and has no further byte buffered. Raises ``PeerClosed`` at a clean end of
     stream, ``ProtocolError`` for a malformed frame and ``TruncatedFrame``
     (both a ProtocolError and a PeerClosed) for one cut off by the peer's
     close (the channel is then unusable), ``TimeoutError`` when a blocking channel's
@@ -559,27 +559,32 @@ cdef class Channel:
         return True
 
     cdef int _queue_releases(self) except -1:
-        # One header-only frame per lent buffer gone, naming its inode.
+        # One header-only frame per notice, naming an inode: a release per
+        # lent buffer gone, a retire per memfd of ours unmapped; all of
+        # them in one segment per pass. (A collection run by the allocation
+        # may add to the lists: those are taken by the next pass.)
         cdef list releases = self._sink.inos, retired = self._sink.retired
+        cdef Py_ssize_t nrel, n, i
         cdef FrameHeader h
+        cdef char *p
         h.magic = FRAME_MAGIC
         h.version = FRAME_VERSION
-        h.kind = FRAME_RELEASE
         h.flags = 0
         h.nbufs = 0
         h.body_len = 0
         h.task_id = 0
-        while releases:
-            h.aux = releases.pop()  # (list.pop is atomic: appends may race it)
-            header = PyBytes_FromStringAndSize(NULL, FRAME_HEADER_SIZE)
-            header_write(PyBytes_AS_STRING(header), &h)
-            self._segs.append(header)
-        h.kind = FRAME_RETIRE
-        while retired:
-            h.aux = retired.pop()
-            header = PyBytes_FromStringAndSize(NULL, FRAME_HEADER_SIZE)
-            header_write(PyBytes_AS_STRING(header), &h)
-            self._segs.append(header)
+        while releases or retired:
+            nrel = len(releases)
+            n = nrel + len(retired)
+            out = PyBytes_FromStringAndSize(NULL, n * FRAME_HEADER_SIZE)
+            p = PyBytes_AS_STRING(out)
+            for i in range(n):
+                h.kind = FRAME_RELEASE if i < nrel else FRAME_RETIRE
+                h.aux = releases[i] if i < nrel else retired[i - nrel]
+                header_write(p + i * FRAME_HEADER_SIZE, &h)
+            del releases[:nrel]
+            del retired[:n - nrel]
+            self._segs.append(out)
         return 0
 
     def send(self, int kind, uint64_t task_id, uint64_t aux, object obj):
@@ -725,8 +730,8 @@ cdef class Channel:
         self._rfd_head = self._rfd_tail = self._rb_n = 0
 
     cpdef object read_frame(self):
-        # Release frames are handled here; a blocking channel returns None
-        # after one when no further byte is buffered (its caller polled for
+        # Release and retire frames are handled here; a blocking channel
+        # returns None after one when no further byte is buffered (its caller polled for
         # a frame, and must not block for one that may never come).
         while True:
             frame = self._read_one()
@@ -734,7 +739,7 @@ cdef class Channel:
                                  and (<tuple>frame)[0] != FRAME_RETIRE):
                 return frame
             try:
-                self._on_release(<tuple>frame)
+                self._on_notice(<tuple>frame)
             except ProtocolError:
                 self._broken = True
                 self._close_fds()
@@ -742,7 +747,7 @@ cdef class Channel:
             if self._blocking and self._rend == self._rpos:
                 return None
 
-    cdef int _on_release(self, tuple frame) except -1:
+    cdef int _on_notice(self, tuple frame) except -1:
         cdef uint64_t ino = frame[2]
         cdef Lent lent
         if frame[0] == FRAME_RETIRE:
